@@ -1,0 +1,1 @@
+"""Collector plugins: every public module here registers one or more collectors."""

@@ -1,0 +1,268 @@
+"""Load and validate ``ossec-dfir.yml``: every error at once, with key and line.
+
+The shipped ``etc/ossec-dfir.yml`` holds every default; the package carries
+the same file (``ossec_dfir/default-config.yml``). A user's file is merged over
+it: top-level keys replace, ``collectors.<name>`` maps merge, a profile of the
+same name replaces the shipped one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default-config.yml")
+ENV_CONFIG = "OSSEC_DFIR_CONFIG"
+CONFIG_NAME = "ossec-dfir.yml"
+
+_TOP_KEYS = {
+    "evidence_root": (str, type(None)), "log_file": (str, type(None)),
+    "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,),
+    "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
+    "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
+}
+_STEP_KEYS = {"collector", "params", "background"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One collector run of a profile, with its parameters."""
+
+    collector: str
+    params: Any  # the collector's frozen Params
+    background: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one AR command runs, in order."""
+
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    stateful: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration."""
+
+    evidence_root: str
+    log_file: str
+    ossec_dir: str
+    grouping_window_s: float = 3600.0
+    reserve_bytes: int = 1 << 30
+    max_workers: int = 4
+    queue_max_age_s: float = 3600.0
+    check_keys: bool = True
+    check_keys_timeout_s: float = 5.0
+    binaries: dict[str, str] = field(default_factory=dict)
+    collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    source: str = ""
+
+    def profile(self, name: str) -> Profile:
+        """Return the profile for an AR command name or raise ConfigError."""
+        if name not in self.profiles:
+            raise ConfigError([f"profiles: no profile named {name!r} "
+                               f"(defined: {', '.join(sorted(self.profiles))})"], self.source)
+        return self.profiles[name]
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """Map dotted key paths of a YAML document to 1-based line numbers."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for knode, vnode in node.value:
+                path = f"{prefix}.{knode.value}" if prefix else str(knode.value)
+                lines[path] = knode.start_mark.line + 1
+                walk(vnode, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                path = f"{prefix}[{i}]"
+                lines[path] = item.start_mark.line + 1
+                walk(item, path)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(1 << 20)
+    except OSError as err:
+        raise ConfigError([f"cannot read: {err.strerror}"], path) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(["not UTF-8 text"], path) from err
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError([f"{where}not valid YAML ({getattr(err, 'problem', err)})"],
+                          path) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping"], path)
+    return data, _line_map(text)
+
+
+def ossec_dir_of_script(script: str) -> str:
+    """Return the OSSEC directory of an installed AR script (bin/../..)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(script))))
+
+
+def config_path_for(ossec_dir: str) -> str:
+    """Return the config file to use: $OSSEC_DFIR_CONFIG or <ossec>/etc/ossec-dfir.yml."""
+    return os.environ.get(ENV_CONFIG) or os.path.join(ossec_dir, "etc", CONFIG_NAME)
+
+
+def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:
+    """Load, merge over the defaults, and validate a config file (None: defaults only)."""
+    defaults, default_lines = _read_yaml(DEFAULT_CONFIG)
+    merged = dict(defaults)
+    lines = {k: ("default", v) for k, v in default_lines.items()}
+    source = path or DEFAULT_CONFIG
+    if path is not None:
+        if not os.path.exists(path):
+            raise ConfigError(["config file does not exist"], path)
+        user, user_lines = _read_yaml(path)
+        lines.update({k: ("user", v) for k, v in user_lines.items()})
+        for key, value in user.items():
+            if key == "collectors" and isinstance(value, dict) and isinstance(
+                    merged.get(key), dict):
+                merged[key] = {**merged[key], **{
+                    n: {**(merged[key].get(n) or {}), **(v or {})} if isinstance(v, dict) else v
+                    for n, v in value.items()}}
+            elif key == "profiles" and isinstance(value, dict) and isinstance(
+                    merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return validate(merged, source, ossec_dir, lines)
+
+
+def validate(data: dict[str, Any], source: str, ossec_dir: str,
+             lines: dict[str, tuple[str, int]] | None = None) -> Config:
+    """Validate a merged config mapping; raise ConfigError listing every problem."""
+    from .collector import build_params, load_collectors
+
+    lines = lines or {}
+    problems: list[str] = []
+
+    def where(path: str) -> str:
+        origin = lines.get(path)
+        if origin is None:
+            return path
+        return f"{path} (line {origin[1]}{' of the defaults' if origin[0] == 'default' else ''})"
+
+    for key, value in data.items():
+        if key not in _TOP_KEYS:
+            problems.append(f"{where(key)}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+        elif not isinstance(value, _TOP_KEYS[key]) or isinstance(value, bool) and \
+                bool not in _TOP_KEYS[key]:
+            problems.append(f"{where(key)}: wrong type {type(value).__name__}")
+    for key in ("grouping_window_s", "reserve_bytes", "queue_max_age_s", "check_keys_timeout_s"):
+        value = data.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            problems.append(f"{where(key)}: must not be negative")
+    workers = data.get("max_workers")
+    if isinstance(workers, int) and not 1 <= workers <= 64:
+        problems.append(f"{where('max_workers')}: must be between 1 and 64")
+    for key in ("evidence_root", "log_file"):
+        value = data.get(key)
+        if isinstance(value, str) and not os.path.isabs(value):
+            problems.append(f"{where(key)}: must be an absolute path")
+
+    binaries = data.get("binaries") or {}
+    if isinstance(binaries, dict):
+        for name, path in binaries.items():
+            if not isinstance(path, str) or not os.path.isabs(path):
+                problems.append(f"{where('binaries.' + str(name))}: must be an absolute path")
+
+    registry = load_collectors()
+    collectors = data.get("collectors") or {}
+    if isinstance(collectors, dict):
+        for name, values in collectors.items():
+            if name not in registry:
+                problems.append(f"{where('collectors.' + str(name))}: unknown collector "
+                                f"(known: {', '.join(sorted(registry))})")
+            elif values is not None and not isinstance(values, dict):
+                problems.append(f"{where('collectors.' + name)}: must be a mapping")
+            else:
+                try:
+                    build_params(registry[name], values or {}, f"{where('collectors.' + name)}.")
+                except ConfigError as err:
+                    problems.extend(err.problems)
+
+    profiles: dict[str, Profile] = {}
+    raw_profiles = data.get("profiles") or {}
+    if isinstance(raw_profiles, dict):
+        for pname, pdata in raw_profiles.items():
+            ppath = f"profiles.{pname}"
+            if not isinstance(pdata, dict) or not isinstance(pdata.get("steps"), list) \
+                    or not pdata["steps"]:
+                problems.append(f"{where(ppath)}: needs a non-empty 'steps' list")
+                continue
+            unknown = set(pdata) - {"description", "steps", "stateful"}
+            if unknown:
+                problems.append(f"{where(ppath)}: unknown keys {sorted(unknown)}")
+            steps = []
+            for i, step in enumerate(pdata["steps"]):
+                spath = f"{ppath}.steps[{i}]"
+                if not isinstance(step, dict) or not isinstance(step.get("collector"), str):
+                    problems.append(f"{where(spath)}: needs 'collector: <name>'")
+                    continue
+                if set(step) - _STEP_KEYS:
+                    problems.append(f"{where(spath)}: unknown keys {sorted(set(step) - _STEP_KEYS)}")
+                cname = step["collector"]
+                if cname not in registry:
+                    problems.append(f"{where(spath)}: unknown collector {cname!r} "
+                                    f"(known: {', '.join(sorted(registry))})")
+                    continue
+                values = dict((collectors or {}).get(cname) or {}) if isinstance(
+                    collectors, dict) else {}
+                if step.get("params") is not None and not isinstance(step.get("params"), dict):
+                    problems.append(f"{where(spath + '.params')}: must be a mapping")
+                    continue
+                values.update(step.get("params") or {})
+                try:
+                    params = build_params(registry[cname], values, f"{where(spath)}.params.")
+                except ConfigError as err:
+                    problems.extend(err.problems)
+                    continue
+                background = step.get("background", False)
+                if not isinstance(background, bool):
+                    problems.append(f"{where(spath + '.background')}: must be true or false")
+                steps.append(Step(cname, params, bool(background)))
+            stateful = pdata.get("stateful", True)
+            if not isinstance(stateful, bool):
+                problems.append(f"{where(ppath + '.stateful')}: must be true or false")
+            profiles[pname] = Profile(pname, str(pdata.get("description") or ""), tuple(steps),
+                                      bool(stateful))
+    if problems:
+        raise ConfigError(problems, source)
+    evidence_root = data.get("evidence_root") or os.path.join(ossec_dir, "dfir")
+    log_file = data.get("log_file") or os.path.join(ossec_dir, "logs", "active-responses.log")
+    return Config(evidence_root=evidence_root, log_file=log_file, ossec_dir=ossec_dir,
+                  grouping_window_s=float(data.get("grouping_window_s", 3600)),
+                  reserve_bytes=int(data.get("reserve_bytes", 1 << 30)),
+                  max_workers=int(data.get("max_workers", 4)),
+                  queue_max_age_s=float(data.get("queue_max_age_s", 3600)),
+                  check_keys=bool(data.get("check_keys", True)),
+                  check_keys_timeout_s=float(data.get("check_keys_timeout_s", 5)),
+                  binaries=dict(binaries) if isinstance(binaries, dict) else {},
+                  collectors=dict(collectors) if isinstance(collectors, dict) else {},
+                  profiles=profiles, source=source)

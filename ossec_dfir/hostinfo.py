@@ -1,0 +1,86 @@
+"""Read the identity of this host: who collected the evidence, where, and when."""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__
+
+# Root of the kernel's pseudo filesystems, constants so tests can point them elsewhere.
+PROC = "/proc"
+ETC = "/etc"
+
+
+def _read(path: str, max_bytes: int = 65536) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(max_bytes).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def os_release() -> dict[str, str]:
+    """Parse /etc/os-release into a dict (empty when absent)."""
+    text = _read(os.path.join(ETC, "os-release")) or ""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def timezone_name() -> str | None:
+    """Return the configured timezone (/etc/timezone or the /etc/localtime link)."""
+    name = _read(os.path.join(ETC, "timezone"))
+    if name:
+        return name
+    try:
+        target = os.readlink(os.path.join(ETC, "localtime"))
+    except OSError:
+        return time.tzname[0] if time.tzname else None
+    return target.split("zoneinfo/", 1)[-1]
+
+
+def library_versions() -> dict[str, str | None]:
+    """Return the versions of the libraries evidence may depend on (not importing them)."""
+    from importlib import metadata
+    out: dict[str, str | None] = {}
+    for dist in ("psutil", "yara-python", "scapy", "PyYAML"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def identity() -> dict[str, Any]:
+    """Return the host identity recorded in every incident.json."""
+    uname = platform.uname()
+    boot_time = None
+    stat = _read(os.path.join(PROC, "stat")) or ""
+    for line in stat.splitlines():
+        if line.startswith("btime "):
+            boot_time = datetime.fromtimestamp(int(line.split()[1]), timezone.utc).isoformat()
+    return {
+        "hostname": socket.gethostname(),
+        "machine_id": _read(os.path.join(ETC, "machine-id")),
+        "boot_id": _read(os.path.join(PROC, "sys/kernel/random/boot_id")),
+        "boot_time": boot_time,
+        "kernel": {"system": uname.system, "release": uname.release,
+                   "version": uname.version, "machine": uname.machine},
+        "os_release": {k: v for k, v in os_release().items()
+                       if k in ("ID", "VERSION_ID", "PRETTY_NAME")},
+        "timezone": timezone_name(),
+        "clock": {"utc": datetime.now(timezone.utc).isoformat(),
+                  "monotonic_s": time.monotonic()},
+        "tool": {"name": "ossec-dfir", "version": __version__,
+                 "python": sys.version.split()[0], "executable": sys.executable,
+                 "libraries": library_versions()},
+        "collector_uid": os.geteuid(),
+    }
