@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from . import arlog, request as rq
-from .config import DEFAULT_CONFIG, Config, config_path_for, load, ossec_dir_of_script
+from .config import DEFAULT_CONFIG, ENV_CONFIG, Config, config_path_for, load, ossec_dir_of_script
 from .errors import EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_STORE, BadRequest, ConfigError, \
     DfirError, StoreError
 from .request import Request
@@ -35,6 +35,13 @@ def _trigger_record(req: Request, status: str) -> dict[str, Any]:
     compact = req.received.replace("-", "").replace(":", "").replace(".", "")
     return {"trigger_id": f"{compact}-{os.getpid()}-{os.urandom(3).hex()}",
             "status": status, "pid": os.getpid(), **req.to_record()}
+
+
+def installed_script(script: str) -> bool:
+    """Return True when script lives in <ossec>/active-response/bin/."""
+    parent = os.path.dirname(os.path.abspath(script))
+    return os.path.basename(parent) == "bin" and \
+        os.path.basename(os.path.dirname(parent)) == "active-response"
 
 
 def handshake(req: Request, config: Config, stdin_fd: int, stdout_fd: int) -> str:
@@ -111,9 +118,15 @@ def main(command: str, argv: list[str] | None = None, stdin_fd: int = 0,
     default_log = os.path.join(ossec_dir, "logs", "active-responses.log")
     args = argv[1:]
     args_text = _raw_args_text(args) if args else "(wazuh stdin)"
+    if not installed_script(script) and not os.environ.get(ENV_CONFIG):
+        # Run from a checkout: bin/../.. is not an OSSEC tree; refuse to guess.
+        # There is no OSSEC log to write to either: say it on stderr.
+        os.write(2, f"{command}: refused: not installed in <ossec>/active-response/bin and "
+                    f"{ENV_CONFIG} is not set\n".encode())
+        return EXIT_BAD_INPUT
     try:
         config = load(config_path if os.path.exists(config_path) or
-                      os.environ.get("OSSEC_DFIR_CONFIG") else None, ossec_dir)
+                      os.environ.get(ENV_CONFIG) else None, ossec_dir)
     except ConfigError as err:
         arlog.invocation(default_log, script, args_text, f"refused: bad config: {err}")
         return EXIT_BAD_INPUT

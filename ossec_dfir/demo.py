@@ -1,0 +1,138 @@
+"""``ossec-dfir demo``: a simulated alert end to end on this host, then the incident.
+
+It builds a private OSSEC tree under --dir, installs the executables there,
+opens a loopback "attacker" connection from 127.0.0.2, runs the AR executable
+exactly as OSSEC's execd would, waits for the worker's outcome line and prints
+the incident and its verification. Nothing leaves loopback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import threading
+import time
+
+ATTACKER_IP = "127.0.0.2"
+PREFERRED = ("dfir-collect", "dfir-triage", "dfir-host")
+# Keep the demo short and light whatever the host: a 15 s capture, no RAM image,
+# scans limited to the demo directory.
+DEMO_COLLECTOR_PARAMS = {
+    "pcap": {"duration_s": 15},
+    "memory": {"host_image": False},
+}
+
+
+class _Attacker:
+    """A loopback listener and a client from 127.0.0.2 exchanging a little traffic."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.client.bind((ATTACKER_IP, 0))
+        self.client.connect(self.server.getsockname())
+        self.conn, _ = self.server.accept()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._chatter, daemon=True)
+        self._thread.start()
+
+    def _chatter(self) -> None:
+        n = 0
+        while not self._stop.wait(0.5):
+            try:
+                self.client.sendall(b"GET /demo-%d HTTP/1.1\r\nHost: demo.invalid\r\n\r\n" % n)
+                self.conn.recv(65536)
+            except OSError:
+                return
+            n += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        for s in (self.client, self.conn, self.server):
+            s.close()
+
+
+def _write_config(path: str, evidence_root: str, log_file: str) -> None:
+    from .collector import load_collectors
+    import yaml
+    known = load_collectors()
+    doc = {"evidence_root": evidence_root, "log_file": log_file,
+           "reserve_bytes": 256 << 20,
+           "collectors": {name: params for name, params in DEMO_COLLECTOR_PARAMS.items()
+                          if name in known and all(
+                              hasattr(known[name].params_type(), k) for k in params)}}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# Written by `ossec-dfir demo`; merged over the shipped defaults.\n")
+        yaml.safe_dump(doc, fh, sort_keys=False)
+
+
+def run_demo(directory: str, command: str | None, timeout_s: float) -> int:
+    """Run the demo in directory; return 0 when the incident verifies."""
+    from . import cli, config as config_mod, install, simulate
+    directory = os.path.abspath(directory)
+    ossec_dir = os.path.join(directory, "ossec")
+    conf = os.path.join(ossec_dir, "etc", "ossec-dfir.yml")
+    log_file = os.path.join(ossec_dir, "logs", "active-responses.log")
+    _write_config(conf, os.path.join(directory, "evidence"), log_file)
+    config = config_mod.load(conf, ossec_dir)
+    command = command or next(c for c in PREFERRED if c in config.profiles)
+    for line in install.install(config, ossec_dir, False, "ossec"):
+        print(line)
+    script = os.path.join(ossec_dir, "active-response", "bin", command)
+    attacker = _Attacker()
+    try:
+        log_size = os.path.getsize(log_file) if os.path.exists(log_file) else 0
+        argv = simulate.ossec_argv(script, "add", ATTACKER_IP, "root",
+                                   f"{int(time.time())}.4242", "100100",
+                                   f"(demo) {ATTACKER_IP}->/var/log/auth.log", None)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        result = simulate.run_ossec(argv, env)
+        print(f"\nexecd ran: {' '.join(argv)}\n  -> exit {result.returncode} after "
+              f"{result.exit_s * 1000:.0f} ms; collection continues detached")
+        outcome_line = _wait_outcome(log_file, log_size, timeout_s)
+    finally:
+        attacker.close()
+    print("\nactive-responses.log:")
+    with open(log_file, encoding="ascii", errors="replace") as fh:
+        fh.seek(log_size)
+        print("".join("  " + line for line in fh))
+    if outcome_line is None:
+        print(f"no outcome line within {timeout_s:g} s")
+        return 1
+    incident = outcome_line.split(" incident=", 1)[1].split()[0]
+    args = ["--config", conf, "--ossec-dir", ossec_dir]
+    cli.main(args + ["show", incident])
+    print()
+    return cli.main(args + ["verify", incident])
+
+
+def _wait_outcome(log_file: str, offset: int, timeout_s: float) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(log_file, encoding="ascii", errors="replace") as fh:
+                fh.seek(offset)
+                for line in fh:
+                    if line.startswith("ossec-dfir: outcome="):
+                        return line.strip()
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate an alert end to end on this host and print the incident."""
+    return run_demo(args.dir, args.command, args.timeout_s)
+
+
+def add_parser(sub: argparse._SubParsersAction, parents: list | None = None) -> None:
+    """Register the demo subcommand."""
+    p = sub.add_parser("demo", help=cmd_demo.__doc__, parents=parents or [])
+    p.add_argument("--dir", default="demo", help="where the demo OSSEC tree and evidence go")
+    p.add_argument("--command", help="AR command to simulate (default: the fullest profile)")
+    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.set_defaults(func=cmd_demo)
