@@ -54,3 +54,107 @@ def is_local_address(srcip: Any) -> bool:
             if _norm(addr.address or "") == target:
                 return True
     return False
+
+
+# -- suspects in a snapshot (the triage collector) --------------------------
+def srcip_problem(srcip: Any) -> str | None:
+    """Return why suspects cannot be derived for srcip (absent, unspecified, ours), or None.
+
+    "Ours" means assigned to an interface of this host (127.0.0.1 and ::1 are,
+    127.0.0.2 is not): every local socket would match such an address.
+    """
+    if srcip is None:
+        return "the trigger has no srcip: no suspects derived"
+    target = _norm(str(srcip))
+    if target is None:
+        return f"srcip {srcip!r} is not an IP address: no suspects derived"
+    if target.is_unspecified:
+        return f"srcip {target} is the unspecified address: no suspects derived"
+    owner = host_interface_of(target)
+    if owner is not None:
+        return (f"srcip {target} is an address of this host (interface {owner}): every "
+                "local connection would match, so no suspects derived")
+    return None
+
+
+def host_interface_of(srcip: Any) -> str | None:
+    """Return the interface holding srcip on this host, or None."""
+    import psutil
+
+    target = _norm(str(srcip))
+    if target is None:
+        return None
+    for name, addrs in sorted(psutil.net_if_addrs().items()):
+        for addr in addrs:
+            if _norm(addr.address or "") == target:
+                return name
+    return None
+
+
+def matching_connections(connections: list[dict[str, Any]], srcip: Any) -> list[dict[str, Any]]:
+    """Return the connection records (local_ip/remote_ip keys) to or from srcip."""
+    target = _norm(str(srcip))
+    if target is None:
+        return []
+    return [c for c in connections
+            if any(c.get(k) and _norm(c[k]) == target for k in ("remote_ip", "local_ip"))]
+
+
+def _summary(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec.get(k) for k in ("pid", "ppid", "name", "exe", "cmdline", "username",
+                                    "create_time")}
+
+
+def process_tree(processes: dict[int, dict[str, Any]], pid: int) -> dict[str, Any]:
+    """Return the parent chain (up to pid 1) and all descendants of pid in a snapshot."""
+    parents: list[dict[str, Any]] = []
+    seen = {pid}
+    current = processes.get(pid, {}).get("ppid")
+    while current and current not in seen:
+        seen.add(current)
+        rec = processes.get(current)
+        parents.append(_summary(rec) if rec else {"pid": current, "missing": True})
+        current = rec.get("ppid") if rec else None
+    children_of: dict[int, list[int]] = {}
+    for child_pid, rec in processes.items():
+        if rec.get("ppid") is not None:
+            children_of.setdefault(rec["ppid"], []).append(child_pid)
+    children: list[dict[str, Any]] = []
+    queue, visited = sorted(children_of.get(pid, [])), {pid}
+    while queue:
+        child = queue.pop(0)
+        if child in visited:
+            continue
+        visited.add(child)
+        children.append(_summary(processes[child]))
+        queue += sorted(children_of.get(child, []))
+    return {"parents": parents, "children": children}
+
+
+def suspects_in(processes: dict[int, dict[str, Any]], connections: list[dict[str, Any]],
+                srcip: Any, exclude_pids: set[int] | frozenset[int] = frozenset()
+                ) -> list[dict[str, Any]]:
+    """Return one record per process holding a socket to or from srcip, with its tree.
+
+    A connection record names its holders in ``owners`` ([{pid, fd}], every
+    process sharing the socket) or, failing that, in ``pid``. Sockets with no
+    known owner are returned as one record with ``pid: null``; exclude_pids
+    (the collector itself, which inherits its parent's sockets) are left out.
+    """
+    by_pid: dict[int | None, list[dict[str, Any]]] = {}
+    for conn in matching_connections(connections, srcip):
+        holders = {o["pid"] for o in conn.get("owners") or []} or {conn.get("pid")}
+        for pid in holders - set(exclude_pids):
+            by_pid.setdefault(pid, []).append(conn)
+    out = []
+    for pid in sorted(by_pid, key=lambda p: (p is None, p or 0)):
+        if pid is None:
+            out.append({"pid": None, "srcip": str(srcip), "connections": by_pid[None],
+                        "note": "socket owner unknown (not readable, or no process holds it)"})
+            continue
+        rec = processes.get(pid)
+        entry = dict(_summary(rec)) if rec else {"pid": pid, "missing": True}
+        entry.update({"srcip": str(srcip), "connections": by_pid[pid],
+                      **process_tree(processes, pid)})
+        out.append(entry)
+    return out

@@ -1,0 +1,258 @@
+"""The triage collector snapshots real processes, sockets and the suspects of a srcip."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ossec_dfir import _procfs, suspects
+from ossec_dfir.collector import build_params, get_collector
+from ossec_dfir.errors import ConfigError
+from tests.conftest import evidence_path
+
+LISTEN_IP = "127.0.0.5"
+EXPECTED_FILES = {"connections.jsonl", "unix_sockets.jsonl", "processes.jsonl",
+                  "open_files.jsonl", "suspects.jsonl", "interfaces.jsonl", "routes.jsonl",
+                  "neighbours.jsonl", "users.jsonl", "auth_log.jsonl", "modules.jsonl",
+                  "mounts.jsonl", "system.json", "summary.json"}
+
+
+def read_jsonl(incident, relpath: str) -> list[dict]:
+    text = evidence_path(incident, relpath).read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def wait_for_line(proc: subprocess.Popen, timeout_s: float = 10.0) -> str:
+    """Read the child's first stdout line (its 'ready' signal)."""
+    line = proc.stdout.readline()
+    assert line, f"child {proc.args} exited early: {proc.poll()}"
+    return line.strip()
+
+
+@pytest.fixture
+def scene(tmp_path: Path):
+    """Start a child with a marker cmdline, a child connected to LISTEN_IP, a deleted exe."""
+    procs: list[subprocess.Popen] = []
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LISTEN_IP, 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    marker = f"triage-marker-{uuid.uuid4().hex[:12]}"
+    try:
+        marked = subprocess.Popen(
+            [sys.executable, "-c", "import sys,time; print('ready', flush=True); "
+             "time.sleep(120)", marker], stdout=subprocess.PIPE, text=True)
+        procs.append(marked)
+        connected = subprocess.Popen(
+            [sys.executable, "-c", "import socket,sys,time; "
+             f"s=socket.create_connection(({LISTEN_IP!r},{port})); "
+             "print(s.getsockname()[1], flush=True); time.sleep(120)"],
+            stdout=subprocess.PIPE, text=True)
+        procs.append(connected)
+        exe = tmp_path / "evil-sleep"
+        shutil.copy("/bin/sleep", exe)
+        exe.chmod(0o755)
+        exe_sha256 = hashlib.sha256(exe.read_bytes()).hexdigest()
+        deleted = subprocess.Popen([str(exe), "120"])
+        procs.append(deleted)
+        wait_for_line(marked)
+        client_port = int(wait_for_line(connected))
+        accepted, _ = listener.accept()
+        deadline = time.monotonic() + 5
+        while not os.readlink(f"/proc/{deleted.pid}/exe").startswith(str(exe)):
+            assert time.monotonic() < deadline, "the deleted-exe child did not exec"
+            time.sleep(0.01)
+        exe.unlink()
+        yield {"marked": marked, "marker": marker, "connected": connected,
+               "client_port": client_port, "port": port, "deleted": deleted,
+               "exe": str(exe), "exe_sha256": exe_sha256}
+        accepted.close()
+    finally:
+        listener.close()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_snapshot_finds_children_suspects_and_deleted_exe(run_collector, scene):
+    outcome, incident = run_collector("triage", {"timeout_s": 60}, srcip=LISTEN_IP)
+    # pid 1 of a sandbox may refuse even root: partial is then the honest outcome.
+    assert outcome.outcome in ("complete", "partial"), outcome.reason
+    run = "triage/01"
+    assert {Path(f).name for f in outcome.files} == EXPECTED_FILES
+    procs = {r["pid"]: r for r in read_jsonl(incident, f"{run}/processes.jsonl")}
+
+    marked = procs[scene["marked"].pid]
+    assert marked["cmdline"][-1] == scene["marker"]
+    assert marked["ppid"] == os.getpid()
+    assert marked["username"] == "root"
+    assert marked["uids"] == {"real": 0, "effective": 0, "saved": 0}
+    assert marked["exe"] == os.path.realpath(sys.executable)
+    assert marked["exe_sha256"] == hashlib.sha256(
+        Path(os.path.realpath(sys.executable)).read_bytes()).hexdigest()
+    assert marked["exe_deleted"] is False and marked["exe_in_temp"] is False
+    assert marked["create_time"].endswith("Z") and marked["status"] in ("sleeping", "running")
+    assert marked["rss"] > 0 and marked["vms"] > 0 and marked["num_threads"] >= 1
+    assert marked["namespaces"]["net"] == os.stat("/proc/self/ns/net").st_ino
+    assert marked["root"] == "/" and marked["cwd"] == os.getcwd()
+    assert marked["denied"] == []
+
+    gone = procs[scene["deleted"].pid]
+    assert gone["exe_deleted"] is True
+    assert gone["exe_in_temp"] is True
+    assert gone["exe_link"] == scene["exe"] + " (deleted)"
+    assert gone["exe_sha256"] == scene["exe_sha256"]
+    assert gone["exe_replaced"] is False
+
+    conns = read_jsonl(incident, f"{run}/connections.jsonl")
+    client = [c for c in conns if c["pid"] == scene["connected"].pid]
+    assert client and client[0]["remote_ip"] == LISTEN_IP
+    assert client[0]["remote_port"] == scene["port"] and client[0]["status"] == "ESTABLISHED"
+    assert any(c["listening"] and c["local_port"] == scene["port"] and c["pid"] == os.getpid()
+               for c in conns)
+
+    files = read_jsonl(incident, f"{run}/open_files.jsonl")
+    sock = [f for f in files if f["pid"] == scene["connected"].pid and f.get("socket")]
+    assert sock and sock[0]["socket"]["remote_port"] == scene["port"]
+
+    found = {r["pid"]: r for r in read_jsonl(incident, f"{run}/suspects.jsonl")}
+    assert scene["connected"].pid in found
+    assert scene["marked"].pid not in found and scene["deleted"].pid not in found
+    suspect = found[scene["connected"].pid]
+    assert [p["pid"] for p in suspect["parents"]][0] == os.getpid()
+    assert suspect["parents"][-1]["pid"] == 1 or suspect["parents"][-1].get("missing")
+    # The test process holds the listener: it is a suspect too, with the children below it.
+    assert scene["marked"].pid in {c["pid"] for c in found[os.getpid()]["children"]}
+
+    summary = json.loads(evidence_path(incident, f"{run}/summary.json").read_text())
+    assert scene["connected"].pid in summary["suspects"]
+    assert scene["connected"].pid in outcome.summary["suspects"]
+    assert summary["counts"]["processes"] == len(procs)
+    entries = {e["path"]: e for e in incident.manifest() if e["type"] == "file"}
+    path = f"{run}/processes.jsonl"
+    assert entries[path]["sha256"] == hashlib.sha256(
+        evidence_path(incident, path).read_bytes()).hexdigest()
+
+
+def test_no_srcip_and_own_srcip_are_said_not_guessed(run_collector):
+    outcome, incident = run_collector("triage", {"open_files": False}, srcip=None)
+    assert outcome.summary["suspects"] == []
+    assert "no srcip" in outcome.summary["suspects_status"]
+    assert evidence_path(incident, "triage/01/suspects.jsonl").read_text() == ""
+    outcome, incident = run_collector("triage", {"open_files": False}, srcip="127.0.0.1")
+    assert "address of this host (interface lo)" in outcome.summary["suspects_status"]
+
+
+def test_record_cap_makes_the_snapshot_partial(run_collector):
+    outcome, incident = run_collector("triage", {"max_records": 3, "open_files": False})
+    assert outcome.outcome == "partial"
+    assert len(read_jsonl(incident, "triage/01/processes.jsonl")) == 3
+    entry = [e for e in incident.manifest() if e.get("path") == "triage/01/processes.jsonl"
+             and e["type"] == "file"][0]
+    assert entry["outcome"] == "partial" and "max_records=3" in entry["reason"]
+
+
+def test_time_budget_ends_the_snapshot_partial(run_collector):
+    outcome, incident = run_collector("triage", {"timeout_s": 0.001})
+    assert outcome.outcome == "partial"
+    assert "timeout_s=0.001" in outcome.reason
+    summary = json.loads(evidence_path(incident, "triage/01/summary.json").read_text())
+    assert summary["stopped"]
+
+
+def test_params_are_validated():
+    cls = get_collector("triage")
+    with pytest.raises(ConfigError) as err:
+        build_params(cls, {"temp_dirs": ["tmp"], "max_records": 0})
+    assert "temp_dirs" in str(err.value) and "max_records" in str(err.value)
+    assert build_params(cls, {"temp_dirs": ["/run/user"]}).temp_dirs == ("/run/user",)
+
+
+def test_vanished_pid_is_recorded_not_fatal():
+    from ossec_dfir.collectors._triage_procs import ProcessReader
+    proc = subprocess.Popen(["/bin/true"])
+    proc.wait()
+    reader = ProcessReader(exe_hash_max_bytes=1 << 20, max_fds_per_process=10,
+                           temp_dirs=("/tmp",), open_files=True)
+    rec, fds = reader.read(proc.pid)
+    assert rec == {"pid": proc.pid, "gone": True} and fds == []
+
+
+def test_exe_hash_limit_is_reported(tmp_path):
+    hasher = _procfs.ExeHasher(max_bytes=10)
+    out = hasher.hash(os.getpid())
+    assert out["exe_sha256"] is None and "exe_hash_max_bytes=10" in out["exe_hash_error"]
+
+
+def test_non_root_run_is_partial_with_denied_fields_marked(config, scene):
+    """Run the collector in a forked child that dropped to nobody, own evidence root."""
+    import pwd
+    from ossec_dfir import hostinfo
+    from ossec_dfir.config import Profile, Step
+    from ossec_dfir.runner import Runner
+    from ossec_dfir.store import Store
+    from tests.conftest import make_request
+
+    nobody = pwd.getpwnam("nobody")
+    root = tempfile.mkdtemp(prefix="triage-nobody-")
+    os.chmod(root, 0o755)
+    evidence = os.path.join(root, "evidence")
+    os.mkdir(evidence, 0o700)
+    os.chown(evidence, nobody.pw_uid, nobody.pw_gid)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            store = Store(evidence, reserve_bytes=0)
+            req = make_request(LISTEN_IP)
+            incident, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
+            step = Step("triage", build_params(get_collector("triage"), {"timeout_s": 60}))
+            runner = Runner(config, store, incident, req, "nobody")
+            runner.run_profile(Profile("t", "", (step,)))
+            out = runner.outcomes[-1]
+            os.write(write_fd, json.dumps({"outcome": out.outcome, "reason": out.reason,
+                                           "path": incident.path}).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        data = fh.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0 and data, "the unprivileged child failed"
+        result = json.loads(data)
+        assert result["outcome"] == "partial", result
+        assert "not readable" in result["reason"] or "not root" in result["reason"]
+        run = Path(result["path"]) / "triage" / "01"
+        procs = {r["pid"]: r for r in map(json.loads,
+                                          (run / "processes.jsonl").read_text().splitlines())}
+        marked = procs[scene["marked"].pid]  # root's child, seen by nobody
+        assert marked["cmdline"][-1] == scene["marker"]
+        assert {"exe", "cwd", "root", "exe_sha256"} <= set(marked["denied"])
+        assert marked["exe"] is None and marked["exe_sha256"] is None
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["uid"] == nobody.pw_uid
+        assert summary["counts"]["processes_with_denied_fields"] > 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_suspect_pids_still_works_for_the_memory_collector(scene):
+    assert scene["connected"].pid in suspects.suspect_pids(LISTEN_IP)
+    assert scene["marked"].pid not in suspects.suspect_pids(LISTEN_IP)
