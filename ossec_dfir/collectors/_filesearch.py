@@ -9,6 +9,7 @@ list loader, and the JSON record of a file.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import grp
 import hashlib
 import os
@@ -139,7 +140,6 @@ class CheapConditions:
     def rejects(self, path: str, st: os.stat_result) -> str | None:
         """Return the name of the first condition the file fails, or None."""
         if self.path_globs:
-            import fnmatch
             if not any(fnmatch.fnmatchcase(path, g) for g in self.path_globs):
                 return "path_globs"
         if self.name_regex is not None and not self.name_regex.search(os.path.basename(path)):

@@ -85,7 +85,7 @@ class FilesParams(Params):
             if not isinstance(glob, str) or not glob:
                 errors.append(f"path_globs[{i}]: must be a non-empty string")
         for i, owner in enumerate(self.owners):
-            if not isinstance(owner, str) and not isinstance(owner, int) or owner == "":
+            if owner in ("", None):
                 errors.append(f"owners[{i}]: must be a user name or uid")
         for i, perm in enumerate(self.permissions):
             if perm not in fs.PERMISSIONS:
@@ -194,32 +194,37 @@ class _Search:
             if not self.halted:
                 self.halted = self.ctx.should_stop()
 
-    def _alert_file(self, path: str) -> None:
+    def _alert_file(self, given: str) -> None:
+        """Process the alert's file (links in its directories resolved and recorded)."""
         from ._walk import is_skipped_fstype
+        path = os.path.realpath(given)
         try:
             st = os.lstat(path)
         except OSError as err:
-            self.walk.skip("alert_file_" + fs.skip_reason(err), path)
+            self.walk.skip("alert_file_" + fs.skip_reason(err), given)
             return
         store_root = self.ctx.incident.store.root.rstrip("/") + "/"
         if not stat.S_ISREG(st.st_mode):
-            self.walk.skip("alert_file_not_regular", path)
+            self.walk.skip("alert_file_not_regular", given)
         elif is_skipped_fstype(self.walk.fstype(st.st_dev)):
-            self.walk.skip("alert_file_on_pseudo_or_network_fs", path)
+            self.walk.skip("alert_file_on_pseudo_or_network_fs", given)
         elif path.startswith(store_root):
-            self.walk.skip("alert_file_in_evidence_store", path)
+            self.walk.skip("alert_file_in_evidence_store", given)
         else:
             self.alert_key = (st.st_dev, st.st_ino)
-            self._process(path, st, "alert")
+            self._process(path, st, "alert", None if path == given else given)
 
     # -- one file -------------------------------------------------------------
-    def _process(self, path: str, st: os.stat_result, source: str) -> None:
+    def _process(self, path: str, st: os.stat_result, source: str,
+                 alert_path: str | None = None) -> None:
         rejected = self.conditions.rejects(path, st)
         if rejected:
             self.rejected[rejected] += 1
             return
         params = self.params
         record: dict[str, Any] = {"source": source, **fs.stat_record(path, st)}
+        if alert_path is not None:
+            record["alert_path"] = alert_path  # as the alert named it, through links
         needs_read = self.content_conditions or params.action in ("hash", "copy")
         if not needs_read:
             self._emit(record)
@@ -359,7 +364,10 @@ class _Search:
             "copied_files": self.copied_files, "copied_bytes": self.copied_bytes,
             "walk": walk}
         result = Result(summary=summary)
-        stopped = self.halted or walk.get("stopped")
+        walk_stopped = walk.get("stopped")
+        if isinstance(walk_stopped, str) and walk_stopped.startswith("max_files="):
+            walk_stopped = f"max_walk_files={self.params.max_walk_files} reached"
+        stopped = self.halted or walk_stopped
         if stopped:
             result.degrade(f"search stopped early: {stopped}")
         for reason in self.degraded:

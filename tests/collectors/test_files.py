@@ -240,6 +240,12 @@ def test_alert_file_comes_first_once_and_pseudo_files_are_refused(run_collector,
     assert found[0]["path"] == str(alert_file) and found[0]["source"] == "alert"
     assert [r["path"] for r in found].count(str(alert_file)) == 1
     assert outcome.summary["walk"]["skipped"]["alert_file_again"] == 1
+    (tree / "linked").symlink_to(alert_file.parent)
+    outcome, incident = run_collector(
+        "files", {"roots": [], "action": "hash"},
+        request=alert_request(filename=str(tree / "linked" / "dropper.sh")))
+    (rec,) = results(incident, outcome)
+    assert rec["path"] == str(alert_file) and rec["alert_path"] == str(tree / "linked/dropper.sh")
     outcome, incident = run_collector(
         "files", {"roots": [], "action": "copy"},
         request=alert_request(filename="/proc/self/environ"))
@@ -274,7 +280,7 @@ def test_limits_stop_the_search_and_say_why(run_collector, tmp_path):
     outcome, incident = run_collector(
         "files", {"roots": [str(root)], "action": "list", "max_walk_files": 7},
         request=alert_request())
-    assert len(results(incident, outcome)) == 7 and "max_files=7" in outcome.reason
+    assert len(results(incident, outcome)) == 7 and "max_walk_files=7" in outcome.reason
 
 
 def test_params_are_validated_all_at_once():
