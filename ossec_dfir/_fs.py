@@ -28,7 +28,7 @@ def check_relpath(relpath: str) -> list[str]:
     """Return the components of a safe relative evidence path or raise StoreError."""
     parts = relpath.split("/")
     if not relpath or len(relpath) > 255 or any(
-            not _SAFE_COMPONENT.match(p) or p in (".", "..") for p in parts):
+            not _SAFE_COMPONENT.fullmatch(p) or p in (".", "..") for p in parts):
         raise StoreError("unsafe evidence path", relpath)
     return parts
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -47,15 +48,28 @@ def timezone_name() -> str | None:
     return target.split("zoneinfo/", 1)[-1]
 
 
+_DIST_INFO = re.compile(r"^(psutil|yara_python|scapy|PyYAML|pyyaml)-([^-]+)\.dist-info$")
+
+
 def library_versions() -> dict[str, str | None]:
-    """Return the versions of the libraries evidence may depend on (not importing them)."""
-    from importlib import metadata
-    out: dict[str, str | None] = {}
-    for dist in ("psutil", "yara-python", "scapy", "PyYAML"):
+    """Return the versions of the libraries evidence depends on (from dist-info names).
+
+    Neither importing the libraries nor importlib.metadata: this runs in the
+    AR entry point, which must return to execd at once.
+    """
+    out: dict[str, str | None] = {"psutil": None, "yara-python": None, "scapy": None,
+                                  "PyYAML": None}
+    names = {"psutil": "psutil", "yara_python": "yara-python", "scapy": "scapy",
+             "PyYAML": "PyYAML", "pyyaml": "PyYAML"}
+    for directory in sys.path:
         try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
+            entries = os.listdir(directory or ".")
+        except OSError:
+            continue
+        for entry in entries:
+            match = _DIST_INFO.match(entry)
+            if match and out[names[match.group(1)]] is None:
+                out[names[match.group(1)]] = match.group(2)
     return out
 
 

@@ -94,7 +94,7 @@ def parse_ip(text: Any, field_name: str = "srcip") -> IPAddress:
     """Validate an IP address strictly (IPv4-mapped IPv6 becomes IPv4)."""
     if not isinstance(text, str) or not text or len(text) > 64:
         raise BadRequest("not an IP address", field_name)
-    if text.startswith("-") or not _PRINTABLE.match(text) or text.strip() != text \
+    if text.startswith("-") or not _PRINTABLE.fullmatch(text) or text.strip() != text \
             or "%" in text or "/" in text:
         raise BadRequest("not an IP address", field_name)
     try:
@@ -126,7 +126,7 @@ def _user(value: Any) -> str | None:
     text = _check_text(value, "user", 256)
     if _opt(text) is None:
         return None
-    if not _USER.match(text):
+    if not _USER.fullmatch(text):
         raise BadRequest("not a user name", "user")
     return text
 
@@ -171,14 +171,14 @@ def from_ossec_argv(command: str, args: list[str]) -> Request:
     if len(args) > 3 and args[3] != "-":
         if args[3] == MANUAL_ALERT_ID:
             manual = True
-        elif _ALERT_ID.match(args[3]):
+        elif _ALERT_ID.fullmatch(args[3]):
             alert_id = args[3]
         else:
             raise BadRequest("not an alert id (<epoch>.<offset>)", "alert_id")
     if len(args) > 4 and args[4] != "-":
         if args[4] == MANUAL_RULE_ID:
             manual = True
-        elif _RULE_ID.match(args[4]):
+        elif _RULE_ID.fullmatch(args[4]):
             rule_id = args[4]
         else:
             raise BadRequest("not a rule id (digits)", "rule_id")
@@ -239,13 +239,13 @@ def from_wazuh_json(command: str, line: bytes) -> Request:
     user = _get(alert, "data", "dstuser") or _get(alert, "data", "srcuser")
     rule_id = _get(alert, "rule", "id")
     if rule_id is not None:
-        if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
+        if not isinstance(rule_id, str) or not _RULE_ID.fullmatch(rule_id):
             raise BadRequest("not a rule id (digits)", "parameters.alert.rule.id")
     alert_id = alert.get("id")
-    if alert_id is not None and (not isinstance(alert_id, str) or not _ALERT_ID.match(alert_id)):
+    if alert_id is not None and (not isinstance(alert_id, str) or not _ALERT_ID.fullmatch(alert_id)):
         raise BadRequest("not an alert id (<epoch>.<offset>)", "parameters.alert.id")
     agent_id = _get(alert, "agent", "id")
-    if agent_id is not None and (not isinstance(agent_id, str) or not _AGENT_ID.match(agent_id)):
+    if agent_id is not None and (not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id)):
         raise BadRequest("not an agent id", "parameters.alert.agent.id")
     agent_name = _get(alert, "agent", "name")
     if agent_name is not None:

@@ -123,11 +123,11 @@ class Store:
     # -- incidents ----------------------------------------------------------
     def incident_ids(self) -> list[str]:
         """List the incident ids under the root, oldest first."""
-        return sorted(n for n in os.listdir(self.root_fd) if INCIDENT_ID_RE.match(n))
+        return sorted(n for n in os.listdir(self.root_fd) if INCIDENT_ID_RE.fullmatch(n))
 
     def open_incident(self, incident_id: str) -> Incident:
         """Open an existing incident by id."""
-        if not INCIDENT_ID_RE.match(incident_id):
+        if not INCIDENT_ID_RE.fullmatch(incident_id):
             raise StoreError("not an incident id", incident_id)
         try:
             fd = _fs.open_dir_at(self.root_fd, incident_id)
@@ -169,7 +169,7 @@ class Store:
             value = os.read(fd, 256).decode("ascii", "replace").strip()
         finally:
             os.close(fd)
-        return value if INCIDENT_ID_RE.match(value) else None
+        return value if INCIDENT_ID_RE.fullmatch(value) else None
 
     def _write_current(self, key: str, incident_id: str) -> None:
         dfd = self.state_dir_fd("current")

@@ -67,7 +67,7 @@ def verify(path: str, expect_tip: str | None = None) -> Report:
     """Check an incident directory (works on a copy: needs nothing but the directory)."""
     path = os.path.abspath(path)
     report = Report(os.path.basename(path))
-    if not INCIDENT_ID_RE.match(report.incident):
+    if not INCIDENT_ID_RE.fullmatch(report.incident):
         report.add("layout", path, "not an incident directory name")
     try:
         with open(os.path.join(path, MANIFEST), "rb") as fh:

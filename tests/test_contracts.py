@@ -1,0 +1,72 @@
+"""Contracts: every collector declares defaults, limits and a description; every
+shipped profile, executable and OSSEC/Wazuh snippet agrees with the others."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import pytest
+
+from ossec_dfir import config as config_mod, install
+from ossec_dfir.collector import Collector, Params, load_collectors
+from tests.conftest import AR_DIR, ROOT
+
+REGISTRY = load_collectors()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_collector_declares_params_limits_and_description(name):
+    cls = REGISTRY[name]
+    assert issubclass(cls, Collector) and cls.name == name and cls.description
+    assert issubclass(cls.params_type, Params)
+    assert dataclasses.is_dataclass(cls.params_type)
+    assert cls.params_type.__dataclass_params__.frozen
+    defaults = cls.params_type()  # every parameter has a default
+    assert defaults.timeout_s > 0
+    for field in dataclasses.fields(defaults):
+        tokens = field.name.split("_")
+        value = getattr(defaults, field.name)
+        if {"timeout", "duration", "interval"} & set(tokens):
+            assert tokens[-1] in ("s", "ms"), f"{name}.{field.name}: time unit in the name"
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                {"size", "bytes", "memory"} & set(tokens):
+            assert tokens[-1] in ("bytes", "mb", "kb"), f"{name}.{field.name}: size unit"
+
+
+def test_shipped_config_validates_and_every_profile_has_an_executable():
+    cfg = config_mod.load(str(ROOT / "etc" / "ossec-dfir.yml"), "/var/ossec")
+    for name in install.commands(cfg):
+        script = AR_DIR / name
+        assert script.exists(), f"profile {name} has no active-response/{name}"
+        assert os.access(script, os.X_OK)
+        text = script.read_text()
+        assert f'main("{name}")' in text and len(text.splitlines()) < 20
+    for script in AR_DIR.iterdir():
+        assert script.name in cfg.profiles, f"{script.name} has no profile"
+
+
+def test_packaged_default_config_is_the_shipped_file():
+    assert os.path.realpath(config_mod.DEFAULT_CONFIG) == str(ROOT / "etc" / "ossec-dfir.yml") \
+        or open(config_mod.DEFAULT_CONFIG).read() == (ROOT / "etc" / "ossec-dfir.yml").read_text()
+
+
+@pytest.mark.parametrize("flavor", ["ossec", "wazuh"])
+def test_conf_snippets_match_the_generator(flavor):
+    cfg = config_mod.load(None, "/var/ossec")
+    shipped = (ROOT / "etc" / "ossec.conf.d" / f"{flavor}-active-response.xml").read_text()
+    assert shipped == install.conf_snippet(install.commands(cfg), flavor), \
+        "run `make snippets` after changing profiles"
+    assert ("<expect>srcip</expect>" in shipped) == (flavor == "ossec")
+    for name in install.commands(cfg):
+        assert f"<executable>{name}</executable>" in shipped
+
+
+def test_decoder_matches_the_outcome_line():
+    decoder = (ROOT / "etc" / "ossec.conf.d" / "local_decoder.xml").read_text()
+    assert "<prematch>^ossec-dfir: </prematch>" in decoder
+    regex = re.search(r'<regex offset="after_parent">\^(.*)</regex>', decoder).group(1)
+    line = ("outcome=partial command=dfir-pcap srcip=203.0.113.5 incident=20261129T012533Z_"
+            "203.0.113.5 steps=pcap:partial manifest_sha256=ab12 reason=\"x\"")
+    py = regex.replace(r"\S+", r"[^\s]+")
+    assert re.match(py, line)
