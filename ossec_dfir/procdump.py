@@ -15,13 +15,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._memread import PAGE, ChunkReader
+
 if TYPE_CHECKING:
     from .collector import Context
 
 # Root of procfs, a constant so tests can point it elsewhere.
 PROC = "/proc"
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-CHUNK_BYTES = 4 << 20
 MAX_HOLES_LISTED = 200
 # e_phnum is 16 bits (PN_XNUM extension not used): at most this many PT_LOADs.
 MAX_SEGMENTS = 0xFFFE
@@ -155,42 +155,6 @@ def _flags(perms: str) -> int:
         (PF_X if "x" in perms else 0)
 
 
-def _read_region(mem_fd: int, start: int, length: int, holes: list[list[int]]):
-    """Yield the bytes of [start, start+length), zero-filling unreadable pages."""
-    pos, end = start, start + length
-    while pos < end:
-        want = min(CHUNK_BYTES, end - pos)
-        try:
-            data = os.pread(mem_fd, want, pos)
-        except OSError:
-            data = b""
-        if len(data) == want:
-            yield data
-            pos += want
-            continue
-        if data:
-            yield data
-            pos += len(data)
-            continue
-        # Page by page for this chunk: zero-fill what cannot be read.
-        stop = pos + want
-        while pos < stop:
-            n = min(PAGE - pos % PAGE, stop - pos)
-            try:
-                page = os.pread(mem_fd, n, pos)
-            except OSError:
-                page = b""
-            if len(page) < n:
-                hole_at = pos + len(page)
-                if holes and holes[-1][1] == hole_at:
-                    holes[-1][1] = pos + n
-                else:
-                    holes.append([hole_at, pos + n])
-                page = page + b"\0" * (n - len(page))
-            yield page
-            pos += n
-
-
 def _stopped_state(pid: int) -> str:
     try:
         stat = _proc_text(pid, "stat").decode("ascii", "replace")
@@ -270,6 +234,7 @@ def _write_core(ctx: Context, pid: int, name: str, max_bytes: int, maps_text: st
     phdrs += [struct.pack("<IIQQQQQQ", PT_LOAD, _flags(m.perms), off, m.start, 0, size,
                           m.size, PAGE) for m, off, size in plan]
     holes: list[list[int]] = []
+    reader = ChunkReader(mem_fd)
     with ctx.writer(name, meta={"pid": pid, "format": "ELF core"}) as w:
         w.write(ehdr + b"".join(phdrs) + notes)
         stopped_by = None
@@ -279,7 +244,7 @@ def _write_core(ctx: Context, pid: int, name: str, max_bytes: int, maps_text: st
                 break  # the file ends here; the headers say what is missing
             if off > w.size:
                 w.write(b"\0" * (off - w.size))
-            for data in _read_region(mem_fd, m.start, size, holes):
+            for data in reader.read(m.start, size, m.start, holes):
                 w.write(data)
         dumped_bytes = sum(size for _, _, size in plan)
         reasons = []

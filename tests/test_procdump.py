@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ossec_dfir import hostinfo, procdump
+from ossec_dfir import _memread, hostinfo, procdump
 from ossec_dfir.collector import Context, Params
 from tests.conftest import evidence_path, make_request
 
@@ -154,14 +154,14 @@ def test_vanished_process_is_a_failed_record_not_an_exception(ctx):
 
 def test_unreadable_pages_are_zero_filled_holes(ctx, monkeypatch, marker_child):
     proc, addr, marker = marker_child
-    real_pread = os.pread
+    real_preadv = os.preadv
     bad_page = addr - addr % procdump.PAGE
 
-    def flaky_pread(fd, n, pos):
-        if pos <= bad_page < pos + n:
+    def flaky_preadv(fd, buffers, pos):
+        if pos <= bad_page < pos + len(buffers[0]):
             raise OSError(5, "Input/output error")
-        return real_pread(fd, n, pos)
-    monkeypatch.setattr(procdump.os, "pread", flaky_pread)
+        return real_preadv(fd, buffers, pos)
+    monkeypatch.setattr(_memread.os, "preadv", flaky_preadv)
     rec = procdump.dump_process_core(ctx, proc.pid, "core", 0)
     assert rec["holes"] == [[hex(bad_page), hex(bad_page + procdump.PAGE)]]
     _, phdrs, data = read_core(evidence_path(ctx.incident, rec["file"]))

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._memread import CHUNK_BYTES, ChunkReader, add_hole
+
 # Roots of the kernel's pseudo filesystems: constants so tests can use fixtures.
 PROC = "/proc"
 DEV = "/dev"
@@ -23,8 +25,6 @@ LIME_MAGIC = 0x4C694D45
 LIME_VERSION = 1
 LIME_HEADER = struct.Struct("<IIQQ8x")
 SOURCES = ("kcore", "crash", "mem")
-PAGE = 4096
-CHUNK_BYTES = 8 << 20
 # A kcore smaller than this cannot hold a RAM mapping (header only, or a stub).
 MIN_KCORE_BYTES = 64 << 10
 # Physical addresses below this are all /dev/mem serves under STRICT_DEVMEM.
@@ -211,65 +211,23 @@ def choose(order: tuple[str, ...]) -> tuple[Plan | None, dict[str, str]]:
     return None, reasons
 
 
-def _read_piece(fd: int, piece: Piece, holes: list[list[int]], chunk_bytes: int):
-    """Yield a piece's bytes, zero-filling (and recording) what cannot be read."""
-    zeros = bytes(min(chunk_bytes, piece.length))
-    if piece.offset is None:
-        _add_hole(holes, piece.phys, piece.phys + piece.length)
-        left = piece.length
-        while left:
-            n = min(left, len(zeros))
-            yield zeros if n == len(zeros) else zeros[:n]
-            left -= n
-        return
-    done = 0
-    while done < piece.length:
-        want = min(chunk_bytes, piece.length - done)
-        try:
-            data = os.pread(fd, want, piece.offset + done)
-        except OSError:
-            data = b""
-        if len(data) == want:
-            yield data
-            done += want
-            continue
-        if data:
-            yield data
-            done += len(data)
-            continue
-        end = done + want
-        while done < end:  # page by page through the failing chunk
-            n = min(PAGE - (piece.phys + done) % PAGE, end - done)
-            try:
-                page = os.pread(fd, n, piece.offset + done)
-            except OSError:
-                page = b""
-            if len(page) < n:
-                at = piece.phys + done + len(page)
-                _add_hole(holes, at, piece.phys + done + n)
-                page += bytes(n - len(page))
-            yield page
-            done += n
-
-
-def _add_hole(holes: list[list[int]], start: int, end: int) -> None:
-    if holes and holes[-1][1] == start:
-        holes[-1][1] = end
-    else:
-        holes.append([start, end])
-
-
 def write_lime(writer: Any, plan: Plan, should_stop: Callable[[], str | None],
                chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
     """Write the plan as LiME through an evidence writer; return ranges, holes, stop reason."""
     holes: list[list[int]] = []
     stopped = None
     fd = os.open(plan.path, os.O_RDONLY | os.O_CLOEXEC)
+    reader = ChunkReader(fd, chunk_bytes)
     try:
         for start, end, pieces in plan.ranges:
             writer.write(LIME_HEADER.pack(LIME_MAGIC, LIME_VERSION, start, end))
             for piece in pieces:
-                for data in _read_piece(fd, piece, holes, chunk_bytes):
+                if piece.offset is None:
+                    add_hole(holes, piece.phys, piece.phys + piece.length)
+                    chunks = reader.zeros(piece.length)
+                else:
+                    chunks = reader.read(piece.offset, piece.length, piece.phys, holes)
+                for data in chunks:
                     writer.write(data)
                     stopped = stopped or should_stop()
                     if stopped:
