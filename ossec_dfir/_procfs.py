@@ -15,17 +15,22 @@ import stat
 from typing import Any
 
 PROC = "/proc"
-NAMESPACES = ("pid", "net", "mnt", "uts", "ipc", "user", "cgroup")
+NAMESPACES = ("pid", "net", "mnt", "user")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# The process states of /proc/PID/stat, named as psutil names them.
+STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped",
+          "t": "tracing-stop", "Z": "zombie", "X": "dead", "x": "dead", "K": "wake-kill",
+          "W": "waking", "P": "parked", "I": "idle"}
 # A 64-hex id in a cgroup path names a container (docker, containerd, podman, CRI-O).
-_CONTAINER_RE = re.compile(r"(?:docker|libpod|crio|cri-containerd|containerd)?[-/:]?([0-9a-f]{64})")
-_NS_RE = re.compile(r"^[a-z_]+:\[(\d+)\]$")
+_CONTAINER_RE = re.compile(r"[0-9a-f]{64}")
 _ACCMODE = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}
 DELETED_SUFFIX = " (deleted)"
 
 
 def path(pid: int | str, *parts: str) -> str:
     """Return ``<PROC>/<pid>/<parts>``."""
-    return os.path.join(PROC, str(pid), *parts)
+    return "/".join((PROC, str(pid), *parts))
 
 
 def error_text(err: BaseException) -> str:
@@ -50,6 +55,78 @@ def read_text(file_path: str, max_bytes: int = 1 << 20) -> str:
         return fh.read(max_bytes).decode("utf-8", "replace")
 
 
+def read_bytes(file_path: str, max_bytes: int = 1 << 20) -> bytes:
+    """Read a small pseudo file with one open/read/close (cheaper than open()).
+
+    A read shorter than a page is the whole file (procfs seq files and
+    cmdline fill the buffer), which saves the read that would return EOF.
+    """
+    fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunk = os.read(fd, min(max_bytes, 65536))
+        if len(chunk) < 4096:
+            return chunk
+        chunks = [chunk]
+        left = max_bytes - len(chunk)
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def boot_time() -> float:
+    """Return the boot time (Unix seconds) from /proc/stat ``btime``."""
+    for line in read_text(os.path.join(PROC, "stat"), 1 << 20).splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise OSError(errno.ENODATA, "no btime in /proc/stat")
+
+
+def stat_and_status(pid: int, boot: float) -> dict[str, Any]:
+    """Return what /proc/PID/stat and /proc/PID/status say about a process.
+
+    ppid, name, status, terminal device number, kernel-thread flag, nice,
+    threads, create time, RSS/VMS (bytes), real/effective/saved uids and gids.
+    Raises OSError when the process is gone.
+    """
+    raw = read_bytes(path(pid, "stat"), 4096).decode("utf-8", "replace")
+    rpar = raw.rfind(")")
+    f = raw[rpar + 2:].split()
+    info: dict[str, Any] = {
+        "name": raw[raw.find("(") + 1:rpar], "status": STATES.get(f[0], f[0]),
+        "ppid": int(f[1]), "tty_nr": int(f[4]), "flags": int(f[6]), "nice": int(f[16]),
+        "num_threads": int(f[17]), "create_time_epoch": boot + int(f[19]) / CLOCK_TICKS,
+        "vms": int(f[20]), "rss": int(f[21]) * PAGE_SIZE}
+    status = read_bytes(path(pid, "status"), 65536)
+    info["uids"] = info["gids"] = None
+    for key in (b"Uid", b"Gid"):
+        start = status.find(b"\n" + key + b":")
+        if start >= 0:
+            ids = [int(v) for v in status[start + 5:status.find(b"\n", start + 5)].split()[:3]]
+            info[key.decode().lower() + "s"] = {"real": ids[0], "effective": ids[1],
+                                                 "saved": ids[2]}
+    return info
+
+
+def cmdline(pid: int, max_bytes: int) -> list[str]:
+    """Return the argument vector of a process (psutil's rules for rewritten titles)."""
+    data = read_bytes(path(pid, "cmdline"), max_bytes).decode("utf-8", "surrogateescape")
+    if not data:
+        return []
+    sep = "\x00" if data.endswith("\x00") else " "
+    if data.endswith(sep):
+        data = data[:-1]
+    args = data.split(sep)
+    if sep == "\x00" and len(args) == 1 and " " in data:
+        args = data.split(" ")
+    return args
+
+
 def readlink(pid: int, name: str) -> str:
     """Return the target of ``/proc/PID/<name>`` (raises OSError)."""
     return os.readlink(path(pid, name))
@@ -57,28 +134,23 @@ def readlink(pid: int, name: str) -> str:
 
 def namespaces(pid: int) -> dict[str, int | None]:
     """Return the inode number of each namespace of a process (None when unreadable)."""
+    base = f"{PROC}/{pid}/ns/"
     out: dict[str, int | None] = {}
     for kind in NAMESPACES:
         try:
-            match = _NS_RE.match(os.readlink(path(pid, "ns", kind)))
+            link = os.readlink(base + kind)
         except OSError:
             out[kind] = None
             continue
-        out[kind] = int(match.group(1)) if match else None
+        out[kind] = int(link[link.index("[") + 1:-1]) if link.endswith("]") else None
     return out
 
 
 def cgroup(pid: int) -> tuple[str, str | None]:
     """Return (the cgroup text of a process, a container id when the cgroup names one)."""
-    text = read_text(path(pid, "cgroup"), 65536).strip()
+    text = read_bytes(path(pid, "cgroup"), 65536).decode("utf-8", "replace").strip()
     match = _CONTAINER_RE.search(text)
-    return text, match.group(1) if match else None
-
-
-def stat_fields(pid: int) -> list[str]:
-    """Return /proc/PID/stat split after the command name (field 3 is index 0)."""
-    raw = read_text(path(pid, "stat"), 4096)
-    return raw[raw.rfind(")") + 2:].split()
+    return text, match.group(0) if match else None
 
 
 def terminal_map() -> dict[int, str]:
@@ -104,6 +176,9 @@ def terminal_map() -> dict[int, str]:
 def fds(pid: int, max_fds: int) -> tuple[list[dict[str, Any]], bool]:
     """Return the open descriptors of a process (kind, target, position, mode) and truncation.
 
+    Position, flags and mode (from fdinfo) are read for files, deleted files
+    and memfds, not for device nodes under /dev (except /dev/shm).
+
     Kinds: ``file``, ``deleted`` (an open file whose name is gone), ``memfd``,
     ``socket`` (with its inode), ``pipe``, ``anon`` (anon_inode), ``other``.
     Raises OSError when the fd directory itself cannot be listed.
@@ -112,10 +187,11 @@ def fds(pid: int, max_fds: int) -> tuple[list[dict[str, Any]], bool]:
     names = os.listdir(fd_dir)
     truncated = len(names) > max_fds
     out: list[dict[str, Any]] = []
+    fdinfo_dir = path(pid, "fdinfo")
     for name in sorted(names, key=int)[:max_fds]:
         rec: dict[str, Any] = {"fd": int(name)}
         try:
-            target = os.readlink(os.path.join(fd_dir, name))
+            target = os.readlink(f"{fd_dir}/{name}")
         except OSError as err:
             rec["error"] = error_text(err)
             out.append(rec)
@@ -128,8 +204,12 @@ def fds(pid: int, max_fds: int) -> tuple[list[dict[str, Any]], bool]:
         if kind in ("file", "deleted", "memfd"):
             rec["path"] = target[:-len(DELETED_SUFFIX)] if target.endswith(DELETED_SUFFIX) \
                 else target
+            if target.startswith("/dev/") and not target.startswith("/dev/shm/"):
+                # A device node has no meaningful position: spare the fdinfo read.
+                out.append(rec)
+                continue
             try:
-                info = read_text(path(pid, "fdinfo", name), 4096)
+                info = read_bytes(f"{fdinfo_dir}/{name}", 4096).decode("ascii", "replace")
             except OSError as err:
                 rec["fdinfo_error"] = error_text(err)
             else:
@@ -170,27 +250,29 @@ class ExeHasher:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._cache: dict[tuple[int, int, int, int], dict[str, Any]] = {}
+        self._cache: dict[tuple[int, int, int, int, int], dict[str, Any]] = {}
 
     def hash(self, pid: int) -> dict[str, Any]:
         """Return sha256/size/nlink of a process's running executable, or the reason not."""
+        exe = path(pid, "exe")
         try:
-            fd = os.open(path(pid, "exe"), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            st = os.stat(exe)
         except OSError as err:
             return {"exe_hash_error": error_text(err)}
-        try:
-            st = os.fstat(fd)
-            out: dict[str, Any] = {"exe_size": st.st_size, "exe_inode": st.st_ino,
-                                   "exe_dev": st.st_dev, "exe_nlink": st.st_nlink}
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            cached = self._cache.get(key)
-            if cached is None:
-                cached = self._digest(fd, st.st_size)
-                self._cache[key] = cached
-            out.update(cached)
-            return out
-        finally:
-            os.close(fd)
+        cached = self._cache.get(_key(st))
+        if cached is None:
+            try:
+                fd = os.open(exe, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError as err:
+                return {"exe_hash_error": error_text(err)}
+            try:
+                st = os.fstat(fd)
+                cached = self._cache.get(_key(st)) or self._digest(fd, st.st_size)
+                self._cache[_key(st)] = cached
+            finally:
+                os.close(fd)
+        return {"exe_size": st.st_size, "exe_inode": st.st_ino, "exe_dev": st.st_dev,
+                "exe_nlink": st.st_nlink, **cached}
 
     def _digest(self, fd: int, size: int) -> dict[str, Any]:
         if size > self.max_bytes:
@@ -206,3 +288,7 @@ class ExeHasher:
         except OSError as err:
             return {"exe_sha256": None, "exe_hash_error": error_text(err)}
         return {"exe_sha256": digest.hexdigest()}
+
+
+def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -26,6 +26,8 @@ from . import _triage_system as system
 from ._triage_procs import ProcessReader, utc_iso
 
 _FLUSH_RECORDS = 512
+# One encoder for every record (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
 # Seconds of the time budget kept for the cheap sections and the summary.
 _TAIL_RESERVE_S = 2.0
 
@@ -74,8 +76,7 @@ class JsonLines:
         if self.count >= self.max_records:
             self.dropped += 1
             return False
-        self._buf.append(json.dumps(record, sort_keys=True, default=str,
-                                    separators=(",", ":")))
+        self._buf.append(_ENCODER.encode(record))
         self.count += 1
         if len(self._buf) >= _FLUSH_RECORDS:
             self.flush()
