@@ -185,6 +185,8 @@ class _Search:
         if self.params.include_alert_file and filename:
             self._alert_file(filename)
         for path, st in self.walk:
+            if self.matched >= self.params.max_files:  # more files beyond the limit
+                self.halted = self.halted or f"max_files={self.params.max_files} reached"
             if self.halted:
                 break
             if (st.st_dev, st.st_ino) == self.alert_key:
@@ -350,8 +352,6 @@ class _Search:
     def _emit(self, record: dict[str, Any]) -> None:
         self.out.write((json.dumps(record, sort_keys=True, default=str) + "\n").encode())
         self.matched += 1
-        if self.matched >= self.params.max_files and not self.halted:
-            self.halted = f"max_files={self.params.max_files} reached"
 
     # -- result ---------------------------------------------------------------
     def result(self) -> Result:
@@ -367,6 +367,7 @@ class _Search:
         walk_stopped = walk.get("stopped")
         if isinstance(walk_stopped, str) and walk_stopped.startswith("max_files="):
             walk_stopped = f"max_walk_files={self.params.max_walk_files} reached"
+            walk["stopped"] = walk_stopped
         stopped = self.halted or walk_stopped
         if stopped:
             result.degrade(f"search stopped early: {stopped}")

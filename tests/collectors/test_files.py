@@ -278,6 +278,10 @@ def test_limits_stop_the_search_and_say_why(run_collector, tmp_path):
     assert len(results(incident, outcome)) == 5
     assert outcome.outcome == "partial" and "max_files=5" in outcome.reason
     outcome, incident = run_collector(
+        "files", {"roots": [str(root)], "action": "list", "max_files": 20},
+        request=alert_request())
+    assert len(results(incident, outcome)) == 20 and outcome.outcome == "complete"
+    outcome, incident = run_collector(
         "files", {"roots": [str(root)], "action": "list", "max_walk_files": 7},
         request=alert_request())
     assert len(results(incident, outcome)) == 7 and "max_walk_files=7" in outcome.reason
