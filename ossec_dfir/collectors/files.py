@@ -251,6 +251,9 @@ class _Search:
             self._read_and_act(fd, path, record)
         except OSError as err:
             self.walk.skip(fs.skip_reason(err), path)
+            if "evidence" in record:  # a copy was begun: say what became of it
+                record["copy_status"] = f"read failed: {err.strerror}"
+                self._emit(record)
         finally:
             os.close(fd)
 
