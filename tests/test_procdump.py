@@ -179,3 +179,12 @@ def test_parse_maps_and_skip_rules():
     assert [m.skip_reason() for m in maps] == [None, "kernel pseudo mapping", "device mapping",
                                                 None, "not readable"]
     assert maps[0].file_backed and not maps[4].file_backed
+
+
+def test_stop_freezes_then_continues_the_process(ctx, marker_child):
+    proc, addr, marker = marker_child
+    rec = procdump.dump_process_core(ctx, proc.pid, "core", 0, stop=True)
+    assert rec["outcome"] == "complete"
+    _, phdrs, data = read_core(evidence_path(ctx.incident, rec["file"]))
+    assert value_at(phdrs, data, addr, 32) == marker
+    assert procdump._stopped_state(proc.pid) not in ("T", "t")
