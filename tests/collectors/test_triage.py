@@ -256,3 +256,37 @@ def test_non_root_run_is_partial_with_denied_fields_marked(config, scene):
 def test_suspect_pids_still_works_for_the_memory_collector(scene):
     assert scene["connected"].pid in suspects.suspect_pids(LISTEN_IP)
     assert scene["marked"].pid not in suspects.suspect_pids(LISTEN_IP)
+
+
+def test_active_response_executable_runs_the_triage_profile(config_file, evidence_root, scene):
+    from tests.conftest import AR_DIR, ar_env
+    config_file.write_text(config_file.read_text() + """
+profiles:
+  dfir-triage:
+    description: test triage
+    steps:
+      - collector: triage
+        params:
+          timeout_s: 60
+""")
+    # The interpreter that has psutil (execd runs the script's shebang python3; without
+    # psutil the step is recorded "skipped: needs the Python package psutil").
+    argv = [sys.executable, str(AR_DIR / "dfir-triage"), "add", "-", LISTEN_IP,
+            "1700000000.1", "5710", "ossec", "/var/log/auth.log"]
+    proc = subprocess.run(argv, env=ar_env(config_file), capture_output=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 30
+    entry = None
+    while time.monotonic() < deadline and entry is None:
+        for manifest in evidence_root.glob(f"*_{LISTEN_IP}/manifest.jsonl"):
+            for line in manifest.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["type"] == "collector" and rec["collector"] == "triage":
+                    entry = rec
+        time.sleep(0.2)
+    assert entry is not None, "the worker did not record the triage collector"
+    assert entry["outcome"] in ("complete", "partial"), entry["reason"]
+    assert scene["connected"].pid in entry["summary"]["suspects"]
+    assert scene["marked"].pid not in entry["summary"]["suspects"]
+    assert os.access(AR_DIR / "dfir-triage", os.X_OK)
