@@ -199,14 +199,16 @@ class _Search:
     def _alert_file(self, given: str) -> None:
         """Process the alert's file (links in its directories resolved and recorded)."""
         from ._walk import is_skipped_fstype
-        path = os.path.realpath(given)
+        path = os.path.join(os.path.realpath(os.path.dirname(given)), os.path.basename(given))
         try:
             st = os.lstat(path)
         except OSError as err:
             self.walk.skip("alert_file_" + fs.skip_reason(err), given)
             return
         store_root = self.ctx.incident.store.root.rstrip("/") + "/"
-        if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISLNK(st.st_mode):
+            self.walk.skip("alert_file_symlink", given)
+        elif not stat.S_ISREG(st.st_mode):
             self.walk.skip("alert_file_not_regular", given)
         elif is_skipped_fstype(self.walk.fstype(st.st_dev)):
             self.walk.skip("alert_file_on_pseudo_or_network_fs", given)

@@ -246,6 +246,11 @@ def test_alert_file_comes_first_once_and_pseudo_files_are_refused(run_collector,
         request=alert_request(filename=str(tree / "linked" / "dropper.sh")))
     (rec,) = results(incident, outcome)
     assert rec["path"] == str(alert_file) and rec["alert_path"] == str(tree / "linked/dropper.sh")
+    (tree / "link-file").symlink_to(alert_file)
+    outcome, incident = run_collector(
+        "files", {"roots": []}, request=alert_request(filename=str(tree / "link-file")))
+    assert results(incident, outcome) == []
+    assert outcome.summary["walk"]["skipped"] == {"alert_file_symlink": 1}
     outcome, incident = run_collector(
         "files", {"roots": [], "action": "copy"},
         request=alert_request(filename="/proc/self/environ"))
