@@ -81,7 +81,10 @@ class ProcessReader:
         fd_records: list[dict[str, Any]] = []
         if self.open_files and not kernel_thread:
             fd_records = self._fds(pid, rec, denied, errors)
-        if errors and all(v == "process gone" for v in errors.values()) and _gone(pid):
+        if errors and rec["status"] == "zombie":
+            # A zombie keeps its pid and stat but no longer has an exe, cwd or files.
+            errors = {k: "zombie: released its files and memory" for k in errors}
+        elif errors and all(v == "process gone" for v in errors.values()) and _gone(pid):
             rec["gone"] = True
         rec["denied"] = sorted(set(denied))
         if errors:

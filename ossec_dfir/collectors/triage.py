@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import _procfs, suspects
 from ..collector import Collector, Context, Params, Result, register
-from ..errors import ReserveReached
+from ..errors import ReserveReached, StoreError
 from . import _triage_net as net
 from . import _triage_system as system
 from ._triage_procs import ProcessReader, utc_iso
@@ -132,9 +134,10 @@ class Snapshot:
                 out.add(rec)
         finally:
             out.close()
-        self._count(name, out)
+        self.count(name, out)
 
-    def _count(self, name: str, out: JsonLines) -> None:
+    def count(self, name: str, out: JsonLines) -> None:
+        """Record how many records a closed output file holds (and whether it was capped)."""
         self.counts[name.split(".")[0]] = out.count
         if out.dropped:
             self.result.degrade(f"{name}: max_records={self.params.max_records} reached")
@@ -193,7 +196,13 @@ class TriageCollector(Collector):
                     snap.problems.append(f"{name}: not collected ({snap.stopped})")
                     continue
                 t0 = time.monotonic()
-                section(snap)
+                try:
+                    section(snap)
+                except StoreError:
+                    raise
+                except Exception as err:  # one broken section must not lose the others
+                    snap.problem(f"{name}: section failed: {type(err).__name__}: {err}")
+                    ctx.note(traceback.format_exc(limit=3)[-900:])
                 timings[name] = round(time.monotonic() - t0, 3)
         except ReserveReached as err:
             snap.result.degrade(str(err))
@@ -251,10 +260,10 @@ def _processes(snap: Snapshot) -> None:
                     files_out.add(fd_rec)
     finally:
         procs_out.close(cut)
-        snap._count("processes.jsonl", procs_out)
+        snap.count("processes.jsonl", procs_out)
         if files_out is not None:
             files_out.close(cut)
-            snap._count("open_files.jsonl", files_out)
+            snap.count("open_files.jsonl", files_out)
     snap.counts.update({"processes_gone": gone, "processes_with_denied_fields": denied_pids,
                         "processes_exe_flagged": flagged})
     if denied_pids:
@@ -308,8 +317,8 @@ def _network(snap: Snapshot) -> None:
                                      max_output_bytes=8 << 20)
         except (OSError, ValueError) as err:
             return None, f"ip: {err}"
-        except Exception as err:  # subprocess.TimeoutExpired
-            return None, f"ip: {type(err).__name__}"
+        except subprocess.TimeoutExpired:
+            return None, "ip: no answer within 10 s"
         if proc.returncode != 0:
             return None, f"ip exited {proc.returncode}: " + \
                 proc.stderr.decode("utf-8", "replace").strip()[:200]

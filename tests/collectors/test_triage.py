@@ -290,3 +290,34 @@ profiles:
     assert scene["connected"].pid in entry["summary"]["suspects"]
     assert scene["marked"].pid not in entry["summary"]["suspects"]
     assert os.access(AR_DIR / "dfir-triage", os.X_OK)
+
+
+def test_zombie_is_recorded_as_such():
+    from ossec_dfir.collectors._triage_procs import ProcessReader
+    proc = subprocess.Popen(["/bin/true"])
+    deadline = time.monotonic() + 5
+    while _procfs.read_bytes(f"/proc/{proc.pid}/stat").split(b") ")[1][:1] != b"Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        reader = ProcessReader(exe_hash_max_bytes=1 << 20, max_fds_per_process=10,
+                               temp_dirs=("/tmp",), open_files=True)
+        rec, fds = reader.read(proc.pid)
+        assert rec["status"] == "zombie" and rec["ppid"] == os.getpid()
+        assert not rec.get("gone") and rec["cmdline"] == [] and fds == []
+        assert set(rec["errors"].values()) == {"zombie: released its files and memory"}
+    finally:
+        proc.wait()
+
+
+def test_a_broken_section_is_recorded_and_the_others_still_run(run_collector, monkeypatch):
+    from ossec_dfir.collectors import _triage_system
+
+    def broken():
+        raise ValueError("unparsable /proc/modules line")
+    monkeypatch.setattr(_triage_system, "modules", broken)
+    outcome, incident = run_collector("triage", {"open_files": False})
+    assert outcome.outcome == "partial"
+    summary = json.loads(evidence_path(incident, "triage/01/summary.json").read_text())
+    assert any("system: section failed: ValueError" in p for p in summary["problems"])
+    assert summary["counts"]["processes"] > 0 and "mounts" not in summary["counts"]
