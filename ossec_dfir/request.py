@@ -67,7 +67,11 @@ class Request:
     @property
     def key(self) -> str:
         """Return the incident key: the normalised IP (``:`` as ``_``) or ``host``."""
-        return str(self.srcip).replace(":", "_") if self.srcip is not None else "host"
+        if self.srcip is None:
+            return "host"
+        key = str(self.srcip).replace(":", "_")
+        # "::1" would give "__1", not a safe path component: write the zero group.
+        return "0" + key if key.startswith("_") else key
 
     def to_record(self) -> dict[str, Any]:
         """Return a JSON-safe dict of every field (the trigger record)."""
