@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from .. import _procfs
 
@@ -73,7 +73,7 @@ class ProcessReader:
             if argv0.startswith(rec["name"]):
                 rec["name"] = argv0
         try:
-            rec["cwd"] = _procfs.readlink(pid, "cwd")
+            rec["cwd"] = os.readlink(f"{_procfs.PROC}/{pid}/cwd")
         except OSError as err:
             rec["cwd"] = None
             _record_error("cwd", err, denied, errors)
@@ -103,41 +103,46 @@ class ProcessReader:
 
     def _procfs_fields(self, pid: int, rec: dict[str, Any], denied: list[str],
                        errors: dict[str, str], kernel_thread: bool) -> None:
-        reads: dict[str, Callable[[], Any]] = {"root": lambda: _procfs.readlink(pid, "root"),
-                                               "exe_link": lambda: _procfs.readlink(pid, "exe"),
-                                               "cgroup": lambda: _procfs.cgroup(pid)}
-        for key, read in reads.items():
-            try:
-                rec[key] = read()
-            except OSError as err:
-                rec[key] = None
-                if not (kernel_thread and key == "exe_link"):
-                    _record_error("exe" if key == "exe_link" else key, err, denied, errors)
-        cgroup = rec.pop("cgroup")
-        rec["cgroup"], rec["container_id"] = cgroup if cgroup else (None, None)
+        """Add root, cgroup, namespaces and the executable's path, flags and hash."""
+        base = f"{_procfs.PROC}/{pid}/"
+        try:
+            rec["root"] = os.readlink(base + "root")
+        except OSError as err:
+            rec["root"] = None
+            _record_error("root", err, denied, errors)
+        try:
+            rec["cgroup"], rec["container_id"] = _procfs.cgroup(pid)
+        except OSError as err:
+            rec["cgroup"] = rec["container_id"] = None
+            _record_error("cgroup", err, denied, errors)
         rec["namespaces"] = _procfs.namespaces(pid)
-        if any(v is None for v in rec["namespaces"].values()) and not _gone(pid):
+        if None in rec["namespaces"].values() and not _gone(pid):
             denied.append("namespaces")
-        link = rec["exe_link"]
-        rec["exe"] = (link[:-len(_procfs.DELETED_SUFFIX)]
-                      if link and link.endswith(_procfs.DELETED_SUFFIX) else link)
-        rec["exe_memfd"] = bool(link and link.startswith("/memfd:"))
-        rec["exe_deleted"] = bool(link and link.endswith(_procfs.DELETED_SUFFIX))
-        exe_path = rec["exe"]
-        rec["exe_in_temp"] = bool(exe_path and exe_path.startswith(self.temp_dirs)) \
-            or rec["exe_memfd"]
+        rec.update(exe=None, exe_link=None, exe_sha256=None, exe_size=None, exe_inode=None,
+                   exe_deleted=False, exe_replaced=False, exe_memfd=False, exe_in_temp=False)
         if kernel_thread:
-            rec["exe_sha256"] = None
             return
+        try:
+            link = rec["exe_link"] = os.readlink(base + "exe")
+        except OSError as err:
+            _record_error("exe", err, denied, errors)
+            link = ""
+        deleted = link.endswith(_procfs.DELETED_SUFFIX)
+        exe_path = rec["exe"] = (link[:-len(_procfs.DELETED_SUFFIX)] if deleted else link) or None
+        rec["exe_memfd"] = link.startswith("/memfd:")
+        rec["exe_in_temp"] = rec["exe_memfd"] or bool(link.startswith(self.temp_dirs))
         hashed = self.hasher.hash(pid)
-        rec.update({k: hashed.get(k) for k in ("exe_sha256", "exe_size", "exe_inode")})
+        rec["exe_sha256"] = hashed.get("exe_sha256")
+        rec["exe_size"] = hashed.get("exe_size")
+        rec["exe_inode"] = hashed.get("exe_inode")
         if "exe_hash_error" in hashed:
             rec["exe_hash_error"] = hashed["exe_hash_error"]
             if hashed["exe_hash_error"] == "access denied":
                 denied.append("exe_sha256")
-        if hashed.get("exe_nlink") == 0 and not rec["exe_memfd"]:
-            rec["exe_deleted"] = True
-        rec["exe_replaced"] = _replaced(exe_path, hashed) if rec["exe_deleted"] else False
+        rec["exe_deleted"] = deleted or (hashed.get("exe_nlink") == 0
+                                         and not rec["exe_memfd"])
+        if rec["exe_deleted"]:
+            rec["exe_replaced"] = _replaced(exe_path, hashed)
 
     def _fds(self, pid: int, rec: dict[str, Any], denied: list[str],
              errors: dict[str, str]) -> list[dict[str, Any]]:

@@ -1,14 +1,16 @@
 """triage: a live snapshot of processes, open files, network, sessions and the suspects.
 
-Writes into ``triage/<NN>/`` one JSON-lines file per kind (most volatile
-first): ``connections.jsonl``, ``unix_sockets.jsonl``, ``processes.jsonl``,
-``open_files.jsonl``, ``suspects.jsonl``, ``interfaces.jsonl``,
-``routes.jsonl``, ``neighbours.jsonl``, ``users.jsonl``, ``modules.jsonl``,
-``mounts.jsonl``, ``auth_log.jsonl``, then ``system.json`` (clock, kernel
-taint, resolver) and ``summary.json`` (counts, problems, suspects). A
-process that vanishes or refuses a field is recorded on its own record and
-the snapshot goes on; the time budget (``timeout_s``) and the record cap
-(``max_records`` per file) end it early, partial.
+Order of volatility: the socket tables are read first, then every process
+(with its descriptors, which name the owners of each socket), then the rest.
+Writes into ``triage/<NN>/`` one JSON-lines file per kind:
+``processes.jsonl``, ``open_files.jsonl``, ``connections.jsonl``,
+``unix_sockets.jsonl``, ``suspects.jsonl``, ``interfaces.jsonl``,
+``routes.jsonl``, ``neighbours.jsonl``, ``users.jsonl``, ``auth_log.jsonl``,
+``modules.jsonl``, ``mounts.jsonl``, then ``system.json`` (clock, kernel
+taint, resolver, auth log source) and ``summary.json`` (counts, problems,
+suspects, timings). A process that vanishes or refuses a field is recorded on
+its own record and the snapshot goes on; the time budget (``timeout_s``) and
+the record cap (``max_records`` per file) end it early, partial.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from ._triage_procs import ProcessReader, utc_iso
 
 _FLUSH_RECORDS = 512
 # One encoder for every record (json.dumps with options builds a new one per call).
-_ENCODER = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
+# Keys keep the order the record was built in (pid, ppid, name first), which is stable.
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 # Seconds of the time budget kept for the cheap sections and the summary.
 _TAIL_RESERVE_S = 2.0
 
