@@ -321,3 +321,39 @@ def test_a_broken_section_is_recorded_and_the_others_still_run(run_collector, mo
     summary = json.loads(evidence_path(incident, "triage/01/summary.json").read_text())
     assert any("system: section failed: ValueError" in p for p in summary["problems"])
     assert summary["counts"]["processes"] > 0 and "mounts" not in summary["counts"]
+
+
+@pytest.fixture
+def netns_listener():
+    """Start a listener inside a private network namespace; yield (pid, port, netns inode)."""
+    ip = shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if ip is None:
+        pytest.skip("iproute2 `ip` not installed (apt-get install iproute2)")
+    name = f"triage-{uuid.uuid4().hex[:8]}"
+    if subprocess.run([ip, "netns", "add", name], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    proc = None
+    try:
+        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
+        proc = subprocess.Popen(
+            [ip, "netns", "exec", name, sys.executable, "-c",
+             "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); "
+             "print(s.getsockname()[1], flush=True); time.sleep(120)"],
+            stdout=subprocess.PIPE, text=True)
+        port = int(wait_for_line(proc))
+        yield proc.pid, port, os.stat(f"/proc/{proc.pid}/ns/net").st_ino
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        subprocess.run([ip, "netns", "del", name], capture_output=True)
+
+
+def test_sockets_of_other_network_namespaces_are_read(run_collector, netns_listener):
+    pid, port, netns = netns_listener
+    assert netns != os.stat("/proc/self/ns/net").st_ino
+    outcome, incident = run_collector("triage", {"open_files": False})
+    conns = read_jsonl(incident, "triage/01/connections.jsonl")
+    mine = [c for c in conns if c["netns"] == netns and c["local_port"] == port]
+    assert mine and mine[0]["listening"] and [o["pid"] for o in mine[0]["owners"]] == [pid]
+    assert outcome.summary["counts"]["net_namespaces"] >= 2
