@@ -260,14 +260,13 @@ def load_rules(dirs: Iterable[str], cache_fd: int | None = None) -> LoadedRules:
         rules = _cache_load(cache_fd, name)
         if rules is not None:
             return LoadedRules(rules, files, key, "hit")
-    problems = syntax_problems(files)
-    if problems:
-        raise RulesError(problems)
     try:
         rules = yara.compile(sources={f.namespace: f.source for f in files},
                              externals=EXTERNALS, includes=False)
     except yara.Error as err:
-        raise RulesError([f"compiling {len(files)} rule files together: {err}"]) from err
+        # Compile each file alone to name every broken file and line at once.
+        raise RulesError(syntax_problems(files) or [
+            f"compiling {len(files)} rule files together: {err}"]) from err
     cache = "off"
     if cache_fd is not None:
         try:
