@@ -63,6 +63,7 @@ def capture(argv: list[str], sink: PcapSink, stop: Callable[[], str | None],
             env: dict[str, str]) -> dict[str, Any]:
     """Run tcpdump until stop() gives a reason, a limit hits or it exits; return its stats."""
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self0 = resource.getrusage(resource.RUSAGE_SELF)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, close_fds=True, env=env)
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()  # type: ignore[union-attr]
@@ -114,12 +115,15 @@ def capture(argv: list[str], sink: PcapSink, stop: Callable[[], str | None],
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self1 = resource.getrusage(resource.RUSAGE_SELF)
     counters = parse_counters(bytes(stderr))
     stats: dict[str, Any] = {"backend": "tcpdump", "argv": argv, "returncode": returncode,
                              "stop_reason": reason, "limit": sink.limit,
                              "stderr": bytes(stderr).decode("utf-8", "replace")[-4000:],
                              "tcpdump_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime
                                                     - cpu0.ru_utime - cpu0.ru_stime, 3),
+                             "capture_cpu_s": round(self1.ru_utime + self1.ru_stime
+                                                    - self0.ru_utime - self0.ru_stime, 3),
                              **counters}
     if order is None and reason is None:
         stats["stop_reason"] = "tcpdump exited before writing a pcap header"

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -15,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from ossec_dfir.collectors import _pcap_bpf as bpf
-from ossec_dfir.collectors._pcap_summary import http_request, tls_sni
 from ossec_dfir.runner import request_stop
 from tests.conftest import AR_DIR, ar_env, evidence_path, make_request
 
@@ -319,73 +315,3 @@ def test_delete_through_the_executable_stops_the_detached_capture(tmp_path, evid
     assert done["summary"]["stop_reason"] == "delete received"
     _assert_exact(incident_dir / "pcap/01/capture.pcap", traffic)
     assert not (incident_dir / "pcap/02/capture.pcap").exists()
-
-
-# -- the BPF compiler, checked frame by frame -------------------------------
-ETH = b"\x00" * 12
-
-
-def _ip4(src: str, dst: str) -> bytes:
-    return bytes([0x45, 0, 0, 28]) + b"\0" * 8 + socket.inet_aton(src) + socket.inet_aton(dst)
-
-
-def _ip6(src: str, dst: str) -> bytes:
-    return b"\x60" + b"\0" * 7 + ipaddress.ip_address(src).packed + \
-        ipaddress.ip_address(dst).packed
-
-
-@pytest.mark.parametrize("framing", ["ethernet", "cooked"])
-def test_bpf_filter_matches_host_in_every_framing(framing):
-    v4 = bpf.compile_host_filter(ipaddress.ip_address("203.0.113.5"), framing, 1000)
-    v6 = bpf.compile_host_filter(ipaddress.ip_address("2001:db8::5"), framing, 1000)
-
-    def frame(ethertype: int, payload: bytes, tags: tuple[int, ...] = ()) -> tuple[bytes, int]:
-        chain = b""
-        types = list(tags) + [ethertype]
-        for i, _tpid in enumerate(tags):
-            chain += struct.pack("!HH", 7, types[i + 1])
-        if framing == "ethernet":
-            return ETH + struct.pack("!H", types[0]) + chain + payload, 0
-        return chain + payload, types[0]
-
-    cases = [
-        (v4, 0x0800, _ip4("203.0.113.5", "10.0.0.1"), (), True),
-        (v4, 0x0800, _ip4("10.0.0.1", "203.0.113.5"), (), True),
-        (v4, 0x0800, _ip4("203.0.113.6", "10.0.0.1"), (), False),
-        (v4, 0x0800, _ip4("10.0.0.1", "203.0.113.5"), (0x8100,), True),
-        (v4, 0x0800, _ip4("10.0.0.1", "203.0.113.5"), (0x88A8, 0x8100), True),
-        (v4, 0x0800, _ip4("10.0.0.1", "10.0.0.2"), (0x8100,), False),
-        (v4, 0x0806, _ip4("203.0.113.5", "203.0.113.5"), (), False),
-        (v6, 0x86DD, _ip6("2001:db8::5", "::1"), (), True),
-        (v6, 0x86DD, _ip6("::1", "2001:db8::5"), (0x8100,), True),
-        (v6, 0x86DD, _ip6("2001:db8::6", "::1"), (), False),
-        (v6, 0x86DD, _ip6("2001:db8:1::5", "2001:db8::4"), (), False),
-        (v6, 0x0800, _ip4("203.0.113.5", "10.0.0.1"), (), False),
-    ]
-    for program, ethertype, payload, tags, expected in cases:
-        packet, proto = frame(ethertype, payload, tags)
-        accepted = bpf.run_program(program, packet, proto)
-        assert (accepted > 0) is expected, (ethertype, tags, payload.hex())
-
-
-def test_summary_parsers_extract_sni_and_http():
-    name = b"evil.example"
-    ext = struct.pack("!HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
-    body = b"\x03\x03" + b"r" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + \
-        struct.pack("!H", len(ext)) + ext
-    hello = b"\x01" + len(body).to_bytes(3, "big") + body
-    record = b"\x16\x03\x01" + struct.pack("!H", len(hello)) + hello
-    assert tls_sni(record) == "evil.example"
-    assert tls_sni(record[:50]) is None
-    req = http_request(b"GET /x.sh HTTP/1.1\r\nHost: bad.example\r\nUser-Agent: c\r\n\r\n")
-    assert req == {"request_line": "GET /x.sh HTTP/1.1", "host": "bad.example"}
-    assert http_request(b"\x16\x03\x01") is None
-
-
-def test_bpf_filter_drops_the_outgoing_copy_on_loopback_only():
-    program = bpf.compile_host_filter(ipaddress.ip_address("127.0.0.2"), "ethernet", 100,
-                                      loopback_ifindex=1)
-    packet = ETH + b"\x08\x00" + _ip4("127.0.0.1", "127.0.0.2")
-    assert bpf.run_program(program, packet, pkttype=bpf.PACKET_OUTGOING, ifindex=1) == 0
-    assert bpf.run_program(program, packet, pkttype=0, ifindex=1) > 0
-    assert bpf.run_program(program, packet, pkttype=bpf.PACKET_OUTGOING, ifindex=2) > 0
