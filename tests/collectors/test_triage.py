@@ -357,3 +357,53 @@ def test_sockets_of_other_network_namespaces_are_read(run_collector, netns_liste
     mine = [c for c in conns if c["netns"] == netns and c["local_port"] == port]
     assert mine and mine[0]["listening"] and [o["pid"] for o in mine[0]["owners"]] == [pid]
     assert outcome.summary["counts"]["net_namespaces"] >= 2
+
+
+def test_auth_log_tail_is_bounded_by_lines_and_bytes(run_collector, tmp_path):
+    log = tmp_path / "auth.log"
+    log.write_bytes(b"".join(b"Nov 29 sshd[%d]: Failed password for root from 203.0.113.5\n" % i
+                             for i in range(1000)))
+    outcome, incident = run_collector("triage", {
+        "open_files": False, "auth_logs": [str(tmp_path / "absent.log"), str(log)],
+        "auth_log_lines": 5, "auth_log_max_bytes": 4096})
+    lines = read_jsonl(incident, "triage/01/auth_log.jsonl")
+    assert [x["line"] for x in lines] == [
+        f"Nov 29 sshd[{i}]: Failed password for root from 203.0.113.5" for i in range(995, 1000)]
+    system_doc = json.loads(evidence_path(incident, "triage/01/system.json").read_text())
+    assert system_doc["auth_log"]["path"] == str(log)
+    assert system_doc["auth_log"]["read_from_offset"] == log.stat().st_size - 4096
+
+
+def test_proc_tables_are_parsed_from_a_fake_procfs(tmp_path, monkeypatch):
+    from ossec_dfir.collectors import _triage_net, _triage_system
+    net_dir = tmp_path / "self" / "net"
+    net_dir.mkdir(parents=True)
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    (net_dir / "tcp").write_text(header + "   0: 0500007F:1F90 0900007F:D431 01 00000000:00000000 "
+                                 "00:00000000 00000000  1000        0 4242 1 0 20 4 30 10 -1\n")
+    (net_dir / "udp6").write_text(header + "  0: 00000000000000000000000001000000:0035 "
+                                  "00000000000000000000000000000000:0000 07 00000000:00000000 "
+                                  "00:00000000 00000000     0        0 77 2 0 0\n")
+    (net_dir / "unix").write_text("Num       RefCount Protocol Flags    Type St Inode Path\n"
+                                  "0000000000000000: 00000002 00000000 00010000 0001 01 99 "
+                                  "/run/a b.sock\n")
+    (tmp_path / "modules").write_text("rootkit 16384 0 - Live 0xffffffffc0000000 (OE)\n")
+    sys_kernel = tmp_path / "sys" / "kernel"
+    sys_kernel.mkdir(parents=True)
+    (sys_kernel / "tainted").write_text("12288\n")
+    monkeypatch.setattr(_procfs, "PROC", str(tmp_path))
+    monkeypatch.setattr(_triage_system, "SYS", str(tmp_path / "nosys"))
+    inet, unix, problems = _triage_net.socket_tables()
+    assert problems == []
+    expected = {"proto": "tcp", "local_ip": "127.0.0.5", "local_port": 8080,
+                "remote_ip": "127.0.0.9", "remote_port": 54321, "status": "ESTABLISHED",
+                "uid": 1000, "inode": 4242}
+    assert {k: inet[0][k] for k in expected} == expected
+    assert inet[1]["local_ip"] == "::1" and inet[1]["local_port"] == 53
+    assert inet[1]["listening"] and inet[1]["remote_ip"] is None
+    assert unix == [{"inode": 99, "path": "/run/a b.sock", "type": "stream",
+                     "state": "UNCONNECTED", "listening": True, "netns": None}]
+    mods, problems = _triage_system.modules()
+    assert mods[0]["name"] == "rootkit" and mods[0]["taint"] == "OE" and mods[0]["size"] == 16384
+    taint, _ = _triage_system.kernel_taint()
+    assert taint["flags"] == ["O out-of-tree module", "E unsigned module"]
