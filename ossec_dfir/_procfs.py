@@ -1,4 +1,4 @@
-"""Read what psutil has no answer for from /proc: fds, namespaces, cgroups, exe bytes.
+"""Read one process from /proc: stat and status, cmdline, fds, namespaces, cgroup, exe bytes.
 
 Every function takes a pid and raises ``OSError`` (ENOENT/ESRCH when the
 process is gone, EACCES/EPERM when it is not ours); callers record the error
@@ -42,11 +42,6 @@ def error_text(err: BaseException) -> str:
                                                                       "ZombieProcess"):
         return "process gone"
     return f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
-
-
-def is_denied(err: BaseException) -> bool:
-    """Return True when an error means 'not allowed' rather than 'gone'."""
-    return error_text(err) == "access denied"
 
 
 def read_text(file_path: str, max_bytes: int = 1 << 20) -> str:
@@ -193,7 +188,8 @@ def fds(pid: int, max_fds: int) -> tuple[list[dict[str, Any]], bool]:
         try:
             target = os.readlink(f"{fd_dir}/{name}")
         except OSError as err:
-            rec["error"] = error_text(err)
+            rec["error"] = "closed during the walk" if err.errno == errno.ENOENT \
+                else error_text(err)
             out.append(rec)
             continue
         rec["target"] = target

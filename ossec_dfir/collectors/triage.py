@@ -232,7 +232,7 @@ def _processes(snap: Snapshot) -> None:
     inet_by_inode = {c["inode"]: c for c in snap.connections if c["inode"]}
     procs_out = snap.lines("processes.jsonl")
     files_out = snap.lines("open_files.jsonl") if params.open_files else None
-    denied_pids = gone = flagged = 0
+    denied_pids = gone = flagged = deleted_open = 0
     cut: str | None = None
     try:
         for i, pid in enumerate(psutil.pids()):
@@ -252,7 +252,9 @@ def _processes(snap: Snapshot) -> None:
                 cut = f"max_records={params.max_records} reached"
                 break
             for fd_rec in fd_records:
-                if fd_rec.get("kind") == "socket":
+                if fd_rec.get("kind") in ("deleted", "memfd"):
+                    deleted_open += 1
+                elif fd_rec.get("kind") == "socket":
                     snap.socket_owners.setdefault(fd_rec["inode"], []).append((pid, fd_rec["fd"]))
                     conn = inet_by_inode.get(fd_rec["inode"])
                     if conn is not None:
@@ -268,7 +270,8 @@ def _processes(snap: Snapshot) -> None:
             files_out.close(cut)
             snap.count("open_files.jsonl", files_out)
     snap.counts.update({"processes_gone": gone, "processes_with_denied_fields": denied_pids,
-                        "processes_exe_flagged": flagged})
+                        "processes_exe_flagged": flagged,
+                        "open_files_deleted_or_memfd": deleted_open})
     if denied_pids:
         snap.problem(f"processes: {denied_pids} processes with fields not readable "
                      f"(uid {os.geteuid()}); see their 'denied' lists")

@@ -49,9 +49,11 @@ def scene(tmp_path: Path):
     port = listener.getsockname()[1]
     marker = f"triage-marker-{uuid.uuid4().hex[:12]}"
     try:
+        dropped = tmp_path / "dropped.bin"
         marked = subprocess.Popen(
-            [sys.executable, "-c", "import sys,time; print('ready', flush=True); "
-             "time.sleep(120)", marker], stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-c", "import sys,time; f=open(sys.argv[1],'w'); f.write('x'*10); "
+             "f.flush(); print('ready', flush=True); time.sleep(120)", str(dropped), marker],
+            stdout=subprocess.PIPE, text=True)
         procs.append(marked)
         connected = subprocess.Popen(
             [sys.executable, "-c", "import socket,sys,time; "
@@ -73,7 +75,8 @@ def scene(tmp_path: Path):
             assert time.monotonic() < deadline, "the deleted-exe child did not exec"
             time.sleep(0.01)
         exe.unlink()
-        yield {"marked": marked, "marker": marker, "connected": connected,
+        dropped.unlink()
+        yield {"dropped": str(dropped), "marked": marked, "marker": marker, "connected": connected,
                "client_port": client_port, "port": port, "deleted": deleted,
                "exe": str(exe), "exe_sha256": exe_sha256}
         accepted.close()
@@ -122,6 +125,9 @@ def test_snapshot_finds_children_suspects_and_deleted_exe(run_collector, scene):
                for c in conns)
 
     files = read_jsonl(incident, f"{run}/open_files.jsonl")
+    held = [f for f in files if f["pid"] == scene["marked"].pid and f.get("kind") == "deleted"]
+    assert held and held[0]["path"] == scene["dropped"]
+    assert held[0]["mode"] == "w" and held[0]["position"] == 10
     sock = [f for f in files if f["pid"] == scene["connected"].pid and f.get("socket")]
     assert sock and sock[0]["socket"]["remote_port"] == scene["port"]
 
