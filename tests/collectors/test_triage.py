@@ -125,8 +125,9 @@ def test_snapshot_finds_children_suspects_and_deleted_exe(run_collector, scene):
                for c in conns)
 
     files = read_jsonl(incident, f"{run}/open_files.jsonl")
-    held = [f for f in files if f["pid"] == scene["marked"].pid and f.get("kind") == "deleted"]
-    assert held and held[0]["path"] == scene["dropped"]
+    held = [f for f in files if f["pid"] == scene["marked"].pid and f.get("kind") == "deleted"
+            and f["path"] == scene["dropped"]]
+    assert held and held[0]["target"] == scene["dropped"] + " (deleted)"
     assert held[0]["mode"] == "w" and held[0]["position"] == 10
     sock = [f for f in files if f["pid"] == scene["connected"].pid and f.get("socket")]
     assert sock and sock[0]["socket"]["remote_port"] == scene["port"]
