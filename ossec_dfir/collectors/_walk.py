@@ -51,6 +51,7 @@ OTHER_FS = "other_filesystem"
 PSEUDO_FS = "pseudo_or_network_fs"
 DENIED = "permission_denied"
 VANISHED = "vanished"
+ROOT_MISSING = "root_missing"
 CHANGED = "changed_during_walk"
 HARDLINK = "hard_link_seen"
 DEPTH = "max_depth"
@@ -273,7 +274,7 @@ class Walk:
         try:
             st = os.lstat(root)
         except FileNotFoundError:
-            self.skip(VANISHED, root)
+            self.skip(ROOT_MISSING, root)
             return None
         except PermissionError:
             self.skip(DENIED, root)

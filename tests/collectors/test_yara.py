@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import pytest
 from ossec_dfir import _yararules
 from ossec_dfir.collector import build_params, get_collector
 from ossec_dfir.errors import ConfigError
-from tests.conftest import ROOT, evidence_path, make_request
+from tests.conftest import AR_DIR, ROOT, ar_env, evidence_path, make_request
 
 yara = pytest.importorskip("yara")
 
@@ -315,3 +316,43 @@ def test_scan_releases_the_gil():
         ticks += 1
     worker.join()
     assert ticks > 1000
+
+
+def test_active_response_executable_scans_the_alert_file(tmp_path, config_file, evidence_root,
+                                                         rules_dir, scan_root):
+    alert = tmp_path / "uploaded.php"
+    alert.write_text("<?php " + MARK + " ?>")
+    config_file.write_text(config_file.read_text() + f"""
+profiles:
+  dfir-yara:
+    description: test scan
+    steps:
+      - collector: yara
+        params:
+          rules_dirs: ["{rules_dir}"]
+          roots: ["{scan_root}"]
+          scan_processes: false
+""")
+    # The venv's interpreter: /usr/bin/python3 may lack yara-python (python3-yara).
+    argv = [sys.executable, str(AR_DIR / "dfir-yara"), "add", "-", "127.0.0.10", "1700000000.1", "550",
+            "ossec", str(alert)]
+    proc = subprocess.run(argv, env=ar_env(config_file), capture_output=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 30
+    entry = None
+    while time.monotonic() < deadline and entry is None:
+        for manifest in evidence_root.glob("*_127.0.0.10/manifest.jsonl"):
+            for line in manifest.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["type"] == "collector" and rec["collector"] == "yara":
+                    entry = rec
+        time.sleep(0.2)
+    assert entry is not None, "the worker did not record the yara collector"
+    assert entry["outcome"] == "complete", entry["reason"]
+    incident_dir = next(evidence_root.glob("*_127.0.0.10"))
+    lines = [json.loads(x) for x in
+             (incident_dir / "yara/01/matches.jsonl").read_text().splitlines()]
+    assert [(m["origin"], m["path"], m["rule"]) for m in lines[:2]] == [
+        ("alert", str(alert), "test_marker"), ("alert", str(alert), "test_php_extension")]
+    assert stat.S_IMODE(os.stat(AR_DIR / "dfir-yara").st_mode) == 0o755
