@@ -159,6 +159,7 @@ def capture(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, interface: str,
         sink.header(global_header(snaplen, linktype))
         block = 0
         drain_until: float | None = None
+        after_drain = 0
         while True:
             if reason is None:
                 reason = stop()
@@ -166,10 +167,16 @@ def capture(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, interface: str,
                     # Blocks are handed over when full or after BLOCK_TIMEOUT_MS:
                     # keep reading that long so nothing seen before the stop is lost.
                     drain_until = time.monotonic() + DRAIN_S
-            if drain_until is not None and time.monotonic() >= drain_until or sink.limit:
+            if sink.limit:
                 break
             offset = block * BLOCK_BYTES
-            if not struct.unpack_from("=I", ring, offset + 8)[0] & TP_STATUS_USER:
+            ready = struct.unpack_from("=I", ring, offset + 8)[0] & TP_STATUS_USER
+            if drain_until is not None and time.monotonic() >= drain_until:
+                # Take what the kernel already handed over (one ring's worth), then end.
+                if not ready or after_drain >= blocks:
+                    break
+                after_drain += 1
+            if not ready:
                 try:
                     poller.poll(POLL_MS)
                 except InterruptedError:
