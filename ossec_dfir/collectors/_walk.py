@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 # Where mount information is read from (tests may point it elsewhere).
 MOUNTINFO = "/proc/self/mountinfo"
+# Opened files are reached again through here (a name for an fd, no path lookup).
+PROC_SELF_FD = "/proc/self/fd"
 
 # Filesystems never entered: kernel pseudo filesystems and network or FUSE
 # filesystems (slow, remote, or able to hang a reader). tmpfs is scanned: /tmp

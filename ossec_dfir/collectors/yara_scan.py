@@ -150,10 +150,15 @@ def scan_file(rules: Any, path: str, st: os.stat_result, params: YaraParams,
                 data = os.pread(fd, params.max_file_bytes, 0)
                 matches = rules.match(data=data, externals=externals, timeout=timeout_s)
                 scanned = len(data)
-            else:
-                matches = rules.match(filepath=f"/proc/self/fd/{fd}", externals=externals,
-                                      timeout=timeout_s)
+            elif os.path.isdir(_walk.PROC_SELF_FD):
+                # libyara maps the already opened and checked file, not the path again.
+                matches = rules.match(filepath=f"{_walk.PROC_SELF_FD}/{fd}",
+                                      externals=externals, timeout=timeout_s)
                 scanned = st.st_size
+            else:
+                data = os.pread(fd, params.max_file_bytes, 0)
+                matches = rules.match(data=data, externals=externals, timeout=timeout_s)
+                scanned = len(data)
         except yara.TimeoutError:
             return {"skip": "yara_timeout"}
         except yara.Error:
@@ -220,7 +225,11 @@ class _FileScan:
                 while len(window) >= threads * 4:
                     self._handle(walk, *window.popleft())
             while window:
-                self._handle(walk, *window.popleft())
+                path, st, origin, future = window.popleft()
+                if walk.stopped and future.cancel():
+                    walk.skip("stopped_before_scan", path)
+                else:
+                    self._handle(walk, path, st, origin, future)
 
     def _alert_item(self, walk: _walk.Walk, alert_file: str):
         """Yield the alert's file if it is a regular file (links are not followed)."""
@@ -333,9 +342,12 @@ class YaraCollector(Collector):
             if alert_file:
                 files.run(walk, alert_file)  # first, alone
             procs = None
+            dumps = None
             if params.scan_processes:
                 from ._yara_procs import scan_processes
                 procs = scan_processes(ctx, loaded.rules, params, writer, budget, _write_line)
+                if params.dump_matched_processes and procs.matched_pids:
+                    dumps = self._dump(ctx, params, procs.matched_pids, result)  # volatile first
             if params.scan_files:
                 files.run(walk)
         summary: dict[str, Any] = {"files": files.summary(walk),
@@ -343,8 +355,8 @@ class YaraCollector(Collector):
                                    "matches_dropped": budget["dropped"]}
         if procs is not None:
             summary["processes"] = procs.summary()
-            if params.dump_matched_processes and procs.matched_pids:
-                summary["dumps"] = self._dump(ctx, params, procs.matched_pids, result)
+        if dumps is not None:
+            summary["dumps"] = dumps
         ctx.write_json("summary.json", summary)
         result.summary.update({
             "files_scanned": files.scanned, "files_matched": files.matched,

@@ -356,3 +356,24 @@ profiles:
     assert [(m["origin"], m["path"], m["rule"]) for m in lines[:2]] == [
         ("alert", str(alert), "test_marker"), ("alert", str(alert), "test_php_extension")]
     assert stat.S_IMODE(os.stat(AR_DIR / "dfir-yara").st_mode) == 0o755
+
+
+def test_time_budget_stops_the_scan_partial(run_collector, tmp_path):
+    slow_rules = tmp_path / "slow"
+    slow_rules.mkdir(mode=0o700)
+    (slow_rules / "slow.yar").write_text(
+        "rule slow { strings: $a = /a[^b]{0,400}c/ condition: $a }\n")
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(12):
+        (root / f"f{i:02d}").write_bytes(b"a" * (24 << 10))
+    started = time.monotonic()
+    outcome, incident = run_collector("yara", {
+        **FAST, "timeout_s": 1.0, "rules_dirs": [str(slow_rules)], "roots": [str(root)],
+        "threads": 1})
+    assert time.monotonic() - started < 15
+    assert outcome.outcome == "partial"
+    assert outcome.reason == "stopped: timeout_s=1.0 reached"
+    files = summary_of(incident, outcome)["files"]
+    assert files["scanned"] + sum(files["skipped"].values()) <= 12
+    assert files["scanned"] < 12
