@@ -290,7 +290,7 @@ def _ancestors() -> set[int]:
 
 
 def find_targets(ctx: Context, params: MemoryParams) -> dict[int, list[str]]:
-    """Return the pids to dump, each with why (suspect, pid, name)."""
+    """Return the pids to dump, each with why (suspect, pid, name), in that priority."""
     targets: dict[int, list[str]] = {}
     if params.suspects and ctx.request.srcip is not None:
         for pid in suspects.suspect_pids(ctx.request.srcip):
@@ -308,7 +308,7 @@ def find_targets(ctx: Context, params: MemoryParams) -> dict[int, list[str]]:
     for pid in _ancestors() & set(targets):
         del targets[pid]
         ctx.note(f"pid {pid} not dumped: it is this collector or its parent")
-    return dict(sorted(targets.items()))
+    return targets  # suspects first, then pids, then names (max_processes keeps the first)
 
 
 def process_dumps(ctx: Context, params: MemoryParams, result: Result) -> None:

@@ -184,7 +184,7 @@ import ctypes, os, socket, sys
 marker = os.urandom(32)
 buf = ctypes.create_string_buffer(marker, 32)
 srv = socket.socket()
-srv.bind(("127.0.0.2", 0))
+srv.bind((sys.argv[1], 0))
 srv.listen(1)
 sys.stdout.write(f"{ctypes.addressof(buf):x} {marker.hex()}\n")
 sys.stdout.flush()
@@ -194,11 +194,18 @@ sys.stdin.read()
 
 @pytest.fixture
 def suspect_child():
-    """A child listening on 127.0.0.2 with a random marker; yield (pid, addr, marker)."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    """A child listening on a random 127/8 address with a random marker.
+
+    Yields (pid, addr, marker, ip). Its argv[0] is unique (memtest-<hex>) and so is
+    its address, so that process_names and suspects select it alone even when
+    other tests run on this host at the same time.
+    """
+    argv0 = f"memtest-{os.urandom(4).hex()}"
+    ip = "127.{}.{}.{}".format(*(1 + b % 254 for b in os.urandom(3)))
+    proc = subprocess.Popen([argv0, "-c", CHILD, ip], executable=sys.executable,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     addr_hex, marker_hex = proc.stdout.readline().decode().split()
-    yield proc.pid, int(addr_hex, 16), bytes.fromhex(marker_hex)
+    yield proc.pid, int(addr_hex, 16), bytes.fromhex(marker_hex), ip
     proc.stdin.close()
     proc.wait(timeout=10)
 
@@ -218,8 +225,8 @@ def marker_in_core(path: Path, addr: int) -> bytes:
 @pytest.mark.skipif(os.path.exists("/proc/kcore"), reason="this host has a /proc/kcore")
 def test_no_kcore_here_is_partial_with_exact_reason_and_suspect_dumped(run_collector,
                                                                        suspect_child):
-    pid, addr, marker = suspect_child
-    outcome, incident = run_collector("memory", {"timeout_s": 60})
+    pid, addr, marker, ip = suspect_child
+    outcome, incident = run_collector("memory", {"timeout_s": 60}, srcip=ip)
     missing = [s for s in ("/proc/kcore", "/dev/crash", "/dev/mem") if not os.path.exists(s)]
     assert outcome.outcome == "partial"
     assert outcome.reason.startswith("host image skipped: no usable memory source (kcore: "
@@ -234,7 +241,7 @@ def test_no_kcore_here_is_partial_with_exact_reason_and_suspect_dumped(run_colle
     exe = evidence_path(incident, f"memory/01/processes/{pid}/exe").read_bytes()
     assert exe == Path(os.path.realpath(sys.executable)).read_bytes()
     records = json.loads(evidence_path(incident, "memory/01/processes.json").read_text())
-    assert records[0]["why"] == ["connection with 127.0.0.2"]
+    assert records[0]["why"] == [f"connection with {ip}"]
     kernel = json.loads(evidence_path(incident, "memory/01/symbols/kernel-image.json")
                         .read_text())
     assert kernel["release"] == os.uname().release
@@ -243,15 +250,17 @@ def test_no_kcore_here_is_partial_with_exact_reason_and_suspect_dumped(run_colle
 
 
 def test_pids_and_names_select_processes_within_caps(run_collector, suspect_child):
-    pid, addr, marker = suspect_child
-    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    pid, _, _, _ = suspect_child
+    name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert name.startswith("memtest-")
     outcome, incident = run_collector("memory", {
-        "host_image": False, "suspects": False, "pids": [pid], "process_names": [comm],
+        "host_image": False, "suspects": False, "pids": [pid], "process_names": [name],
         "max_process_bytes": 1 << 20, "max_exe_bytes": 4096, "timeout_s": 60}, srcip=None)
     assert outcome.outcome == "partial" and "max_bytes=1048576" in outcome.reason
     records = json.loads(evidence_path(incident, "memory/01/processes.json").read_text())
     mine = [r for r in records if r["pid"] == pid][0]
-    assert mine["why"][0] == "pids parameter" and mine["why"][1] == f"name {comm}"
+    assert mine["why"] == ["pids parameter", f"name {name}"]
+    assert [r["pid"] for r in records] == [pid]
     assert mine["dumped_bytes"] == 1 << 20 and mine["exe"]["truncated"]
     assert evidence_path(incident, f"memory/01/processes/{pid}/exe").stat().st_size == 4096
     assert os.getpid() not in [r["pid"] for r in records]
