@@ -277,10 +277,6 @@ def load_rules(dirs: Iterable[str], cache_fd: int | None = None) -> LoadedRules:
     return LoadedRules(rules, files, key, cache)
 
 
-__all__ = ["RulesError", "LoadedRules", "RuleFile", "check_rules", "load_rules",
-           "find_rule_files", "read_rule_files", "rules_key", "match_records", "EXTERNALS"]
-
-
 def match_records(matches: list[Any], max_strings: int, max_string_bytes: int) -> list[dict[str, Any]]:
     """Turn yara-python matches into JSON records, bounding the string instances kept."""
     out = []
@@ -302,3 +298,7 @@ def match_records(matches: list[Any], max_strings: int, max_string_bytes: int) -
                     "strings": strings, "string_instances": total,
                     "strings_truncated": total > len(strings)})
     return out
+
+
+__all__ = ["RulesError", "LoadedRules", "RuleFile", "check_rules", "load_rules",
+           "find_rule_files", "read_rule_files", "rules_key", "match_records", "EXTERNALS"]
