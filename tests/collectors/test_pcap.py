@@ -67,12 +67,12 @@ class Traffic(threading.Thread):
                 time.sleep(0.3)
                 self.request_delete()
 
-    def request_delete(self) -> None:
+    def request_delete(self, command: str = "test") -> None:
         from ossec_dfir.store import Store
         store = Store(str(self.root))
         try:
             key = make_request(self.srcip).key
-            request_stop(store, "test", key)
+            request_stop(store, command, key)
         finally:
             store.close()
 
@@ -261,6 +261,21 @@ def test_second_add_does_not_start_a_second_capture(run_collector, evidence_root
     thread.join(20)
     assert first["result"][0].outcome == "complete"
     assert sorted(p.name for p in (Path(incident.path) / "pcap").iterdir()) == ["01"]
+
+
+def test_manual_stop_ends_the_capture(run_collector, evidence_root):
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(r=run_collector(
+        "pcap", {"backend": "native", "interface": "lo", "duration_s": 30, "timeout_s": 60,
+                 "summary": False})), daemon=True)
+    thread.start()
+    traffic = Traffic(evidence_root, "127.0.0.2", stop_after=False)
+    traffic._wait_ready()
+    traffic.request_delete("ALL")  # what `ossec-dfir stop` records
+    thread.join(20)
+    outcome = result["r"][0]
+    assert outcome.outcome == "complete"
+    assert outcome.summary["stop_reason"] == "stopped by hand (ossec-dfir stop)"
 
 
 def test_without_srcip_the_collector_is_skipped(run_collector):
