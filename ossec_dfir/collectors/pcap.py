@@ -120,7 +120,7 @@ class PcapCollector(Collector):
                 writer.mark_partial(sink.limit)
         stats.update({"filter": meta["filter"], "interface": params.interface,
                       "started": started, "ended": utc_now(),
-                      "duration_s": round(time.monotonic() - started_at, 3),
+                      "elapsed_s": round(time.monotonic() - started_at, 3),
                       "packets_written": sink.packets, "bytes_written": writer.size,
                       "sha256": writer.sha256})
         result = _judge(stats)
@@ -128,7 +128,7 @@ class PcapCollector(Collector):
         result.summary.update({k: stats.get(k) for k in (
             "backend", "filter", "interface", "packets_written", "bytes_written",
             "received_by_filter", "dropped_by_kernel", "captured", "stop_reason",
-            "duration_s")})
+            "elapsed_s")})
         if params.summary:
             self._summarise(ctx, params, writer.relpath, result)
         return result
