@@ -21,7 +21,7 @@ CONFIG_NAME = "ossec-dfir.yml"
 
 _TOP_KEYS = {
     "evidence_root": (str, type(None)), "log_file": (str, type(None)),
-    "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,),
+    "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,), "max_captures": (int,),
     "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
 }
@@ -57,6 +57,7 @@ class Config:
     grouping_window_s: float = 3600.0
     reserve_bytes: int = 1 << 30
     max_workers: int = 4
+    max_captures: int = 16
     queue_max_age_s: float = 3600.0
     check_keys: bool = True
     check_keys_timeout_s: float = 5.0
@@ -178,9 +179,10 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
         value = data.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             problems.append(f"{where(key)}: must not be negative")
-    workers = data.get("max_workers")
-    if isinstance(workers, int) and not 1 <= workers <= 64:
-        problems.append(f"{where('max_workers')}: must be between 1 and 64")
+    for key in ("max_workers", "max_captures"):
+        value = data.get(key)
+        if isinstance(value, int) and not 1 <= value <= 64:
+            problems.append(f"{where(key)}: must be between 1 and 64")
     for key in ("evidence_root", "log_file"):
         value = data.get(key)
         if isinstance(value, str) and not os.path.isabs(value):
@@ -260,6 +262,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   grouping_window_s=float(data.get("grouping_window_s", 3600)),
                   reserve_bytes=int(data.get("reserve_bytes", 1 << 30)),
                   max_workers=int(data.get("max_workers", 4)),
+                  max_captures=int(data.get("max_captures", 16)),
                   queue_max_age_s=float(data.get("queue_max_age_s", 3600)),
                   check_keys=bool(data.get("check_keys", True)),
                   check_keys_timeout_s=float(data.get("check_keys_timeout_s", 5)),

@@ -7,6 +7,7 @@ manifest entry per step whatever happened to the child.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from . import _fs
 from .collector import Context, Result, get_collector, unmet_prerequisite
@@ -194,7 +195,8 @@ class Runner:
     """Run the steps of a profile for one request in one incident."""
 
     def __init__(self, config: Config, store: Store, incident: Incident, request: Request,
-                 trigger_id: str | None = None) -> None:
+                 trigger_id: str | None = None, child_close_fds: tuple[int, ...] = (),
+                 on_only_background: Callable[[], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.incident = incident
@@ -202,18 +204,25 @@ class Runner:
         self.trigger_id = trigger_id
         self.outcomes: list[StepOutcome] = []
         self._since = _epoch(request.received)
+        # Descriptors a collector child must not keep (the worker's slot lock).
+        self.child_close_fds = child_close_fds
+        # Called once only background (continuous) steps are left to wait for:
+        # the worker hands its slot to a new worker instead of idling in it.
+        self.on_only_background = on_only_background
 
     def run_profile(self, profile: Profile) -> str:
-        """Run every step (background steps overlap the next ones); return the overall outcome."""
+        """Run every step (background and continuous steps overlap the next ones)."""
         background: list[_Running] = []
         for step in profile.steps:
             handle = self._start(step)
             if handle is None:
                 continue
-            if step.background:
+            if step.background or get_collector(step.collector).stops_on_delete:
                 background.append(handle)
             else:
                 self._finish(handle)
+        if background and self.on_only_background is not None:
+            self.on_only_background()
         for handle in background:
             self._finish(handle)
         return overall(self.outcomes)
@@ -261,12 +270,23 @@ class Runner:
             lock_cm.__exit__(None, None, None)
             self._skip(step, "already running for this incident; trigger recorded only")
             return None
+        capture_slot = None
+        if cls.stops_on_delete:
+            capture_slot = self.store.try_slot("capture-slots", self.config.max_captures)
+            if capture_slot is None:
+                lock_cm.__exit__(None, None, None)
+                self._skip(step, f"max_captures={self.config.max_captures} continuous "
+                                 "collections already run on this host")
+                return None
         started = utc_now()
         run_dir = self.incident.new_run_dir(step.collector)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
             os.close(read_fd)
+            for fd in self.child_close_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             self._child(cls, step, run_dir, write_fd, stop_check)
         os.close(write_fd)
         handle = _Running(step, pid, read_fd, started,
@@ -274,6 +294,7 @@ class Runner:
                                                                          step.params.timeout_s * 0.1),
                           run_dir)
         handle.lock_cm = lock_cm  # type: ignore[attr-defined]
+        handle.capture_slot = capture_slot  # type: ignore[attr-defined]
         return handle
 
     def _child(self, cls: Any, step: Step, run_dir: str, write_fd: int, stop_check: Any) -> None:
@@ -340,6 +361,8 @@ class Runner:
         if status is None:
             _, status = os.waitpid(handle.pid, 0)
         handle.lock_cm.__exit__(None, None, None)  # type: ignore[attr-defined]
+        if handle.capture_slot is not None:  # type: ignore[attr-defined]
+            os.close(handle.capture_slot)  # type: ignore[attr-defined]
         try:
             payload = json.loads(b"".join(chunks)) if chunks else None
         except ValueError:

@@ -106,6 +106,23 @@ class Store:
         finally:
             os.close(fd)
 
+    def try_slot(self, kind: str, count: int) -> int | None:
+        """Take one of count ``.state/<kind>/<i>.lock`` without waiting; return its fd."""
+        dfd = self.state_dir_fd(kind)
+        try:
+            for i in range(count):
+                fd = os.open(f"{i}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o600, dir_fd=dfd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                return fd
+            return None
+        finally:
+            os.close(dfd)
+
     # -- space --------------------------------------------------------------
     def free_bytes(self) -> int:
         """Return the bytes available to us on the evidence filesystem."""

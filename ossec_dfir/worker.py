@@ -10,7 +10,6 @@ jobs until the queue is empty, so an alert storm never runs more than
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -101,20 +100,7 @@ def done_job(store: Store, name: str) -> None:
 
 def try_slot(store: Store, max_workers: int) -> int | None:
     """Take a free worker slot lock without waiting; return its fd or None."""
-    dfd = store.state_dir_fd("slots")
-    try:
-        for i in range(max_workers):
-            fd = os.open(f"{i}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=dfd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return fd
-        return None
-    finally:
-        os.close(dfd)
+    return store.try_slot("slots", max_workers)
 
 
 def busy_slots(store: Store, max_workers: int) -> int:
@@ -143,7 +129,8 @@ def spawn(slot_fd: int, config_path: str, ossec_dir: str) -> int:
     return proc.pid
 
 
-def run_job(config: Config, store: Store, job: dict[str, Any]) -> str:
+def run_job(config: Config, store: Store, job: dict[str, Any],
+            slot_fds: tuple[int, ...] = (), handoff: Any = None) -> str:
     """Run one job's profile in its incident and log the outcome line."""
     request = Request.from_record(job["request"])
     incident = store.open_incident(job["incident"])
@@ -155,7 +142,8 @@ def run_job(config: Config, store: Store, job: dict[str, Any]) -> str:
                              "outcome": "skipped", "reason": reason})
             outcomes: list[Any] = []
         else:
-            runner = Runner(config, store, incident, request, job["trigger"])
+            runner = Runner(config, store, incident, request, job["trigger"],
+                            child_close_fds=slot_fds, on_only_background=handoff)
             outcome = runner.run_profile(config.profile(request.command))
             outcomes = runner.outcomes
             reason = "; ".join(f"{o.collector}: {o.reason}" for o in outcomes if o.reason)
@@ -183,29 +171,41 @@ def log_outcome(config: Config, request: Request, incident_id: str, outcome: str
 def main(argv: list[str]) -> int:
     """Worker entry: drain the queue while holding a slot, then exit."""
     args = dict(zip(argv[::2], argv[1::2]))
-    slot_fd: int | None = int(args["--slot-fd"])
+    slot = {"fd": int(args["--slot-fd"])}
     ossec_dir = args["--ossec-dir"]
     try:
         config = load(args["--config"] or None, ossec_dir)
         store = open_store(config)
     except (ConfigError, StoreError):
         return 3
+
+    def handoff() -> None:
+        """Only continuous collectors (captures) are left: give the slot to a new worker."""
+        if slot["fd"] is not None:
+            try:
+                spawn(slot["fd"], args["--config"], ossec_dir)
+            except OSError:
+                return  # keep the slot and simply wait
+            os.close(slot["fd"])
+            slot["fd"] = None
+
     while True:
         claimed = claim_job(store)
         if claimed is None:
-            if slot_fd is not None:
-                os.close(slot_fd)
-                slot_fd = None
+            if slot["fd"] is not None:
+                os.close(slot["fd"])
+                slot["fd"] = None
             # A job queued while we were releasing the slot would otherwise wait.
             if not queued_jobs(store):
                 return 0
-            slot_fd = try_slot(store, config.max_workers)
-            if slot_fd is None:
+            slot["fd"] = try_slot(store, config.max_workers)
+            if slot["fd"] is None:
                 return 0
             continue
         name, job = claimed
         try:
-            run_job(config, store, job)
+            run_job(config, store, job, (slot["fd"],) if slot["fd"] is not None else (),
+                    handoff)
         except (DfirError, KeyError, ValueError, OSError) as err:
             arlog.outcome(config.log_file, {"outcome": "failed",
                                             "command": job.get("request", {}).get("command"),
@@ -213,6 +213,8 @@ def main(argv: list[str]) -> int:
                                             "reason": f"{type(err).__name__}: {err}"})
         finally:
             done_job(store, name)
+        if slot["fd"] is None:
+            return 0  # the slot went to another worker with the capture hand-off
 
 
 if __name__ == "__main__":
