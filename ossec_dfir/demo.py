@@ -15,12 +15,15 @@ import time
 
 ATTACKER_IP = "127.0.0.2"
 PREFERRED = ("dfir-collect", "dfir-triage", "dfir-host")
-# Keep the demo short and light whatever the host: a 15 s capture, no RAM image,
-# scans limited to the demo directory.
-DEMO_COLLECTOR_PARAMS = {
-    "pcap": {"duration_s": 15},
-    "memory": {"host_image": False},
-}
+
+
+def demo_collector_params(directory: str) -> dict[str, dict]:
+    """Keep the demo short and light whatever the host: a 15 s capture on lo, no
+    RAM image, file scans limited to the demo directory."""
+    return {"pcap": {"duration_s": 15, "interface": "lo"},
+            "memory": {"host_image": False},
+            "yara": {"roots": [directory], "process_scope": "suspects"},
+            "files": {"roots": [directory], "ctime_within_s": 0}}
 
 
 class _Attacker:
@@ -54,13 +57,14 @@ class _Attacker:
             s.close()
 
 
-def _write_config(path: str, evidence_root: str, log_file: str) -> None:
+def _write_config(path: str, evidence_root: str, log_file: str, directory: str) -> None:
     from .collector import load_collectors
     import yaml
     known = load_collectors()
     doc = {"evidence_root": evidence_root, "log_file": log_file,
            "reserve_bytes": 256 << 20,
-           "collectors": {name: params for name, params in DEMO_COLLECTOR_PARAMS.items()
+           "collectors": {name: params for name, params in
+                          demo_collector_params(directory).items()
                           if name in known and all(
                               hasattr(known[name].params_type(), k) for k in params)}}
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -76,7 +80,7 @@ def run_demo(directory: str, command: str | None, timeout_s: float) -> int:
     ossec_dir = os.path.join(directory, "ossec")
     conf = os.path.join(ossec_dir, "etc", "ossec-dfir.yml")
     log_file = os.path.join(ossec_dir, "logs", "active-responses.log")
-    _write_config(conf, os.path.join(directory, "evidence"), log_file)
+    _write_config(conf, os.path.join(directory, "evidence"), log_file, directory)
     config = config_mod.load(conf, ossec_dir)
     command = command or next(c for c in PREFERRED if c in config.profiles)
     for line in install.install(config, ossec_dir, False, "ossec"):

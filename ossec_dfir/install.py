@@ -22,6 +22,8 @@ from .config import DEFAULT_CONFIG, Config
 AR_TIMEOUT_S = {"dfir-pcap": 600, "dfir-collect": 600, "dfir-triage": 300,
                 "dfir-memory": 3600, "dfir-yara": 1800, "dfir-files": 1800, "dfir-host": 300}
 ENABLED_BY_DEFAULT = {"dfir-pcap"}
+# The example YARA rules shipped in etc/yara/ (the package carries them too).
+RULES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yara-rules")
 EXAMPLE_RULES = "100100,100200,100300"
 
 SCRIPT_TEMPLATE = '''#!{python} -I
@@ -116,6 +118,14 @@ def install(config: Config, ossec_dir: str, edit_ossec_conf: bool, flavor: str) 
         with open(DEFAULT_CONFIG, encoding="utf-8") as fh:
             _write_atomic(etc_dir, "ossec-dfir.yml", fh.read(), 0o640, gid)
         done.append(f"wrote {conf}")
+    rules_dir = os.path.join(etc_dir, "yara")
+    os.makedirs(rules_dir, mode=0o750, exist_ok=True)
+    for name in sorted(os.listdir(RULES_DIR)) if os.path.isdir(RULES_DIR) else []:
+        if name.endswith((".yar", ".yara")) and not os.path.exists(
+                os.path.join(rules_dir, name)):
+            with open(os.path.join(RULES_DIR, name), encoding="utf-8") as fh:
+                _write_atomic(rules_dir, name, fh.read(), 0o640, gid)
+            done.append(f"wrote {os.path.join(rules_dir, name)}")
     if edit_ossec_conf:
         done.append(edit_conf(os.path.join(etc_dir, "ossec.conf"),
                               conf_snippet(commands(config), flavor)))
