@@ -46,19 +46,19 @@ def error_text(err: BaseException) -> str:
 
 def read_text(file_path: str, max_bytes: int = 1 << 20) -> str:
     """Read a small pseudo file as text (undecodable bytes replaced)."""
-    with open(file_path, "rb") as fh:
-        return fh.read(max_bytes).decode("utf-8", "replace")
+    return read_bytes(file_path, max_bytes).decode("utf-8", "replace")
 
 
 def read_bytes(file_path: str, max_bytes: int = 1 << 20) -> bytes:
-    """Read a small pseudo file with one open/read/close (cheaper than open()).
+    """Read a pseudo file with os.open/os.read (no buffer of max_bytes is allocated).
 
-    A read shorter than a page is the whole file (procfs seq files and
-    cmdline fill the buffer), which saves the read that would return EOF.
+    The first read asks for one page: a shorter answer is the whole file
+    (procfs seq files and cmdline fill the buffer), which spares the read that
+    would return EOF; a full page is followed by reads of 64 KiB up to max_bytes.
     """
     fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunk = os.read(fd, min(max_bytes, 65536))
+        chunk = os.read(fd, min(max_bytes, 4096))
         if len(chunk) < 4096:
             return chunk
         chunks = [chunk]
