@@ -15,7 +15,8 @@ from .errors import EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_PARTIAL, EX
     BadRequest, ConfigError, DfirError, StoreError
 from .store import INCIDENT_JSON, Store
 
-EXIT_BY_OUTCOME = {"complete": EXIT_COMPLETE, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
+EXIT_BY_OUTCOME = {"complete": EXIT_COMPLETE, "duplicate": EXIT_COMPLETE, "partial": EXIT_PARTIAL,
+                   "failed": EXIT_FAILED}
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -41,11 +41,18 @@ class StepOutcome:
     reason: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    duplicate: bool = False
 
 
 def overall(outcomes: list[StepOutcome]) -> str:
-    """Return complete, partial or failed for a list of step outcomes."""
-    kinds = {o.outcome for o in outcomes}
+    """Return complete, partial or failed for a list of step outcomes.
+
+    Steps skipped because the same collector already runs for the incident do
+    not count; when every step was such a duplicate the outcome is "duplicate".
+    """
+    kinds = {o.outcome for o in outcomes if not o.duplicate}
+    if not kinds and outcomes:
+        return "duplicate"
     if kinds == {"complete"}:
         return "complete"
     if kinds and kinds <= {"failed"}:
@@ -228,8 +235,8 @@ class Runner:
         return overall(self.outcomes)
 
     # -- one step -----------------------------------------------------------
-    def _skip(self, step: Step, reason: str, outcome: str = "skipped") -> None:
-        out = StepOutcome(step.collector, outcome, reason)
+    def _skip(self, step: Step, reason: str, duplicate: bool = False) -> None:
+        out = StepOutcome(step.collector, "skipped", reason, duplicate=duplicate)
         self.outcomes.append(out)
         self._record(step, out, utc_now())
 
@@ -268,7 +275,8 @@ class Runner:
         lock_cm = self.store.lock(self._lock_name(step), blocking=False)
         if not lock_cm.__enter__():
             lock_cm.__exit__(None, None, None)
-            self._skip(step, "already running for this incident; trigger recorded only")
+            self._skip(step, "already running for this incident; trigger recorded only",
+                       duplicate=True)
             return None
         capture_slot = None
         if cls.stops_on_delete:

@@ -90,7 +90,8 @@ def test_second_add_starts_nothing_but_is_recorded(tree):
     assert skipped["outcome"] == "skipped" and "already running" in skipped["reason"]
     assert running_collectors(tree).count("pcap") == 1
     assert run(argv(tree, "delete")) == 0
-    tree.wait_outcome(2, timeout_s=45)
+    outcomes = tree.wait_outcome(2, timeout_s=45)
+    assert sum("outcome=duplicate" in line for line in outcomes) == 1  # no partial alert
     entries = collector_entries(tree, "pcap")
     assert sorted(e["outcome"] for e in entries)[0] in ("complete", "partial")
     [incident] = tree.incidents()
