@@ -14,16 +14,22 @@ import threading
 import time
 
 ATTACKER_IP = "127.0.0.2"
-PREFERRED = ("dfir-collect", "dfir-triage", "dfir-host")
 
 
-def demo_collector_params(directory: str) -> dict[str, dict]:
-    """Keep the demo short and light whatever the host: a 15 s capture on lo, no
-    RAM image, file scans limited to the demo directory."""
-    return {"pcap": {"duration_s": 15, "interface": "lo"},
-            "memory": {"host_image": False},
-            "yara": {"roots": [directory], "process_scope": "suspects"},
-            "files": {"roots": [directory], "ctime_within_s": 0}}
+def demo_profile(directory: str) -> dict:
+    """Return the demo's dfir-collect: the shipped order of volatility, kept short and
+    light whatever the host (a 15 s capture on lo, no RAM image, file scans limited
+    to the demo directory, YARA on the suspects' memory only)."""
+    return {"description": "make demo: the whole collection, short and light",
+            "steps": [
+                {"collector": "pcap", "background": True,
+                 "params": {"duration_s": 15, "interface": "lo"}},
+                {"collector": "memory", "params": {"host_image": False}},
+                {"collector": "triage"},
+                {"collector": "host"},
+                {"collector": "yara", "params": {"roots": [directory],
+                                                 "process_scope": "suspects"}},
+                {"collector": "files", "params": {"roots": [directory]}}]}
 
 
 class _Attacker:
@@ -58,15 +64,10 @@ class _Attacker:
 
 
 def _write_config(path: str, evidence_root: str, log_file: str, directory: str) -> None:
-    from .collector import load_collectors
     import yaml
-    known = load_collectors()
     doc = {"evidence_root": evidence_root, "log_file": log_file,
            "reserve_bytes": 256 << 20,
-           "collectors": {name: params for name, params in
-                          demo_collector_params(directory).items()
-                          if name in known and all(
-                              hasattr(known[name].params_type(), k) for k in params)}}
+           "profiles": {"dfir-collect": demo_profile(directory)}}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("# Written by `ossec-dfir demo`; merged over the shipped defaults.\n")
@@ -82,7 +83,7 @@ def run_demo(directory: str, command: str | None, timeout_s: float) -> int:
     log_file = os.path.join(ossec_dir, "logs", "active-responses.log")
     _write_config(conf, os.path.join(directory, "evidence"), log_file, directory)
     config = config_mod.load(conf, ossec_dir)
-    command = command or next(c for c in PREFERRED if c in config.profiles)
+    command = command or "dfir-collect"
     for line in install.install(config, ossec_dir, False, "ossec"):
         print(line)
     script = os.path.join(ossec_dir, "active-response", "bin", command)
