@@ -82,30 +82,32 @@ def boot_time() -> float:
     raise OSError(errno.ENODATA, "no btime in /proc/stat")
 
 
-def stat_and_status(pid: int, boot: float) -> dict[str, Any]:
-    """Return what /proc/PID/stat and /proc/PID/status say about a process.
+def stat_and_status(pid: int, boot: float, rec: dict[str, Any]) -> tuple[int, int]:
+    """Add what /proc/PID/stat and /proc/PID/status say to rec; return (tty_nr, flags).
 
-    ppid, name, status, terminal device number, kernel-thread flag, nice,
-    threads, create time, RSS/VMS (bytes), real/effective/saved uids and gids.
-    Raises OSError when the process is gone.
+    name, status, ppid, nice, num_threads, create_time_epoch, vms, rss
+    (bytes), uids and gids ({real, effective, saved}). Raises OSError when the
+    process is gone.
     """
-    raw = read_bytes(path(pid, "stat"), 4096).decode("utf-8", "replace")
+    raw = read_bytes(f"{PROC}/{pid}/stat", 4096).decode("utf-8", "replace")
     rpar = raw.rfind(")")
     f = raw[rpar + 2:].split()
-    info: dict[str, Any] = {
-        "name": raw[raw.find("(") + 1:rpar], "status": STATES.get(f[0], f[0]),
-        "ppid": int(f[1]), "tty_nr": int(f[4]), "flags": int(f[6]), "nice": int(f[16]),
-        "num_threads": int(f[17]), "create_time_epoch": boot + int(f[19]) / CLOCK_TICKS,
-        "vms": int(f[20]), "rss": int(f[21]) * PAGE_SIZE}
-    status = read_bytes(path(pid, "status"), 65536)
-    info["uids"] = info["gids"] = None
-    for key in (b"Uid", b"Gid"):
-        start = status.find(b"\n" + key + b":")
+    rec["name"] = raw[raw.find("(") + 1:rpar]
+    rec["status"] = STATES.get(f[0], f[0])
+    rec["ppid"] = int(f[1])
+    rec["nice"] = int(f[16])
+    rec["num_threads"] = int(f[17])
+    rec["create_time_epoch"] = boot + int(f[19]) / CLOCK_TICKS
+    rec["vms"] = int(f[20])
+    rec["rss"] = int(f[21]) * PAGE_SIZE
+    status = read_bytes(f"{PROC}/{pid}/status", 65536)
+    rec["uids"] = rec["gids"] = None
+    for key, field in ((b"\nUid:", "uids"), (b"\nGid:", "gids")):
+        start = status.find(key)
         if start >= 0:
-            ids = [int(v) for v in status[start + 5:status.find(b"\n", start + 5)].split()[:3]]
-            info[key.decode().lower() + "s"] = {"real": ids[0], "effective": ids[1],
-                                                 "saved": ids[2]}
-    return info
+            ids = status[start + 5:status.find(b"\n", start + 5)].split()
+            rec[field] = {"real": int(ids[0]), "effective": int(ids[1]), "saved": int(ids[2])}
+    return int(f[4]), int(f[6])
 
 
 def cmdline(pid: int, max_bytes: int) -> list[str]:
@@ -185,46 +187,41 @@ def fds(pid: int, max_fds: int) -> tuple[list[dict[str, Any]], bool]:
     fdinfo_dir = path(pid, "fdinfo")
     for name in sorted(names, key=int)[:max_fds]:
         rec: dict[str, Any] = {"fd": int(name)}
+        out.append(rec)
         try:
             target = os.readlink(f"{fd_dir}/{name}")
         except OSError as err:
             rec["error"] = "closed during the walk" if err.errno == errno.ENOENT \
                 else error_text(err)
-            out.append(rec)
             continue
         rec["target"] = target
-        kind = _fd_kind(target)
-        rec["kind"] = kind
+        kind = rec["kind"] = _fd_kind(target)
         if kind == "socket" or kind == "pipe":
             rec["inode"] = int(target[target.index("[") + 1:-1])
-        if kind in ("file", "deleted", "memfd"):
-            rec["path"] = target[:-len(DELETED_SUFFIX)] if target.endswith(DELETED_SUFFIX) \
-                else target
+        elif kind == "file" or kind == "deleted" or kind == "memfd":
+            rec["path"] = target[:-10] if target.endswith(DELETED_SUFFIX) else target
             if target.startswith("/dev/") and not target.startswith("/dev/shm/"):
-                # A device node has no meaningful position: spare the fdinfo read.
-                out.append(rec)
-                continue
+                continue  # a device node has no meaningful position: no fdinfo read
             try:
                 info = read_bytes(f"{fdinfo_dir}/{name}", 4096).decode("ascii", "replace")
             except OSError as err:
                 rec["fdinfo_error"] = error_text(err)
             else:
                 _parse_fdinfo(info, rec)
-        out.append(rec)
     return out, truncated
 
 
 def _fd_kind(target: str) -> str:
+    if target.startswith("/"):
+        if target.startswith("/memfd:"):
+            return "memfd"
+        return "deleted" if target.endswith(DELETED_SUFFIX) else "file"
     if target.startswith("socket:["):
         return "socket"
     if target.startswith("pipe:["):
         return "pipe"
     if target.startswith("anon_inode:"):
         return "anon"
-    if target.startswith("/memfd:"):
-        return "memfd"
-    if target.startswith("/"):
-        return "deleted" if target.endswith(DELETED_SUFFIX) else "file"
     return "other"
 
 

@@ -50,14 +50,12 @@ class ProcessReader:
         denied: list[str] = []
         errors: dict[str, str] = {}
         try:
-            info = _procfs.stat_and_status(pid, self.boot)
+            tty_nr, flags = _procfs.stat_and_status(pid, self.boot, rec)
         except OSError as err:
             if _procfs.error_text(err) == "process gone":
                 return {"pid": pid, "gone": True}, []
             return {"pid": pid, "denied": ["stat"], "errors": {"stat": _procfs.error_text(err)}}, []
-        tty_nr = info.pop("tty_nr")
-        kernel_thread = bool(info.pop("flags") & PF_KTHREAD)
-        rec.update(info)
+        kernel_thread = bool(flags & PF_KTHREAD)
         rec["create_time"] = utc_iso(rec.pop("create_time_epoch"))
         rec["terminal"] = self.ttys.get(tty_nr, f"dev:{tty_nr}") if tty_nr else None
         rec["kernel_thread"] = kernel_thread
