@@ -194,6 +194,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_COMPLETE
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the incident report (self-contained HTML, or Markdown) outside the incident."""
+    from .report import build_report, render_html, render_markdown
+    path = _resolve_incident(_config(args), args.incident)
+    if not os.path.isdir(path):
+        raise StoreError("no such incident directory", path)
+    ext = "md" if args.format == "md" else "html"
+    out = args.output or f"{os.path.basename(path)}.report.{ext}"
+    if out != "-":
+        out = os.path.abspath(out)
+        real = os.path.realpath(os.path.dirname(out))
+        if os.path.commonpath([real, os.path.realpath(path)]) == os.path.realpath(path):
+            raise BadRequest("the report must not be written inside the incident directory "
+                             "(verify would count it as an extra file)", out)
+    report = build_report(path)
+    doc = render_markdown(report) if ext == "md" else render_html(report)
+    if out == "-":
+        sys.stdout.write(doc)
+        return EXIT_COMPLETE
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
+        fh.write(doc)
+    print(out)
+    return EXIT_COMPLETE
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show running collectors (bytes so far), queued jobs and busy worker slots."""
     from . import worker
@@ -281,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("incident")
     p.add_argument("-o", "--output", help="archive path (default ./<id>.tar.gz)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help=cmd_report.__doc__, parents=parents)
+    p.add_argument("incident", help="incident id or directory")
+    p.add_argument("--format", choices=("html", "md"), default="html")
+    p.add_argument("-o", "--output", help="report file, created new (default "
+                   "./<id>.report.html or .md); - for stdout")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("status", help=cmd_status.__doc__, parents=parents)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
