@@ -72,7 +72,7 @@ class Block:
     left_out: int = 0
 
 
-def _table(headers: list[str], rows: list[list[Any]], limit: int = ROWS_MAX,
+def table_block(headers: list[str], rows: list[list[Any]], limit: int = ROWS_MAX,
            total: int | None = None, title: str = "") -> Block:
     cells = [[c if isinstance(c, Cell) else Cell(text(c)) for c in row] for row in rows[:limit]]
     total = len(rows) if total is None else max(total, len(rows))
@@ -80,20 +80,20 @@ def _table(headers: list[str], rows: list[list[Any]], limit: int = ROWS_MAX,
                  left_out=max(0, total - len(cells)))
 
 
-def _kv(pairs: list[tuple[str, Any]]) -> Block:
+def kv_block(pairs: list[tuple[str, Any]]) -> Block:
     return Block("kv", items=[(k, v if isinstance(v, Cell) else Cell(text(v)))
                               for k, v in pairs])
 
 
-def _para(value: str) -> Block:
+def para_block(value: str) -> Block:
     return Block("para", items=[text(value, 2000)])
 
 
-def _code(lines: list[str]) -> Block:
+def code_block(lines: list[str]) -> Block:
     return Block("code", items=[text(line, 2000) for line in lines])
 
 
-def _absent(report: dict[str, Any], name: str) -> list[Block]:
+def absent_block(report: dict[str, Any], name: str) -> list[Block]:
     """Say why a collector left no evidence, with its recorded reasons."""
     steps = [c for c in report["collectors"] if c.get("collector") == name]
     lines = [f"{name}: {c.get('outcome')} - {c.get('reason') or 'no reason recorded'}"
@@ -102,7 +102,7 @@ def _absent(report: dict[str, Any], name: str) -> list[Block]:
                                  [f"{name}: no step recorded"]])]
 
 
-def _warnings(run: dict[str, Any]) -> list[Block]:
+def warnings_block(run: dict[str, Any]) -> list[Block]:
     return [Block("alert", items=[text(w, 1000) for w in run.get("warnings") or []])] \
         if run.get("warnings") else []
 
@@ -111,8 +111,9 @@ def layout(report: dict[str, Any]) -> list[Block]:
     """Return the blocks of the whole report, most important first."""
     from . import _report_sections as sections
     blocks: list[Block] = [Block("title", title=text(f"Incident {report['incident']}", 200)),
-                           _para(f"Report generated {report['generated']} by "
-                                 f"{report['report_tool']} from the incident directory alone.")]
+                           para_block(f"Report generated {report['generated']} by "
+                                      f"{report['report_tool']} from the incident directory "
+                                      "alone.")]
     blocks += _integrity(report)
     blocks += _summary(report)
     blocks += _host(report)
@@ -146,9 +147,9 @@ def _integrity(report: dict[str, Any]) -> list[Block]:
         out.append(Block("alert", items=[text(
             f"VERIFY FOUND {len(problems)} PROBLEM(S): evidence was modified, removed, added "
             "or left unfinished after collection. Do not rely on the flagged files.", 1000)]))
-        out.append(_table(["kind", "path", "detail"],
-                          [[Cell(text(p.get("kind"), 40), "bad"), p.get("path"), p.get("detail")]
-                           for p in problems], limit=500))
+        rows = [[Cell(text(p.get("kind"), 40), "bad"), p.get("path"), p.get("detail")]
+                for p in problems]
+        out.append(table_block(["kind", "path", "detail"], rows, limit=500))
     if report.get("read_problems"):
         out.append(Block("alert", items=[text("Read while building this report: " + p, 1000)
                                          for p in report["read_problems"][:50]]))
@@ -158,18 +159,18 @@ def _integrity(report: dict[str, Any]) -> list[Block]:
 def _summary(report: dict[str, Any]) -> list[Block]:
     first = report.get("first_trigger") or {}
     out = [heading("Summary", "summary"),
-           _kv([("Overall outcome", outcome(report.get("overall"))),
-                ("Key (srcip)", report.get("key")), ("Created", report.get("created")),
-                ("First trigger", f"{first.get('command')} {first.get('action')} rule "
-                                  f"{first.get('rule_id')} alert {first.get('alert_id')}"),
-                ("Triggers", report.get("triggers_total")),
-                ("Artifacts", len(report.get("artifacts") or [])),
-                ("Collected by", report.get("tool"))])]
+           kv_block([("Overall outcome", outcome(report.get("overall"))),
+                     ("Key (srcip)", report.get("key")), ("Created", report.get("created")),
+                     ("First trigger", f"{first.get('command')} {first.get('action')} rule "
+                                       f"{first.get('rule_id')} alert {first.get('alert_id')}"),
+                     ("Triggers", report.get("triggers_total")),
+                     ("Artifacts", len(report.get("artifacts") or [])),
+                     ("Collected by", report.get("tool"))])]
     rows = [[c.get("collector"), outcome(c.get("outcome")), c.get("reason"), c.get("started"),
              c.get("ended"), ", ".join(c.get("runs") or []) or "-", c.get("files")]
             for c in report["collectors"]]
-    out.append(_table(["collector", "outcome", "reason", "started", "ended", "evidence",
-                       "files"], rows, limit=200, title="Collector outcomes"))
+    out.append(table_block(["collector", "outcome", "reason", "started", "ended", "evidence",
+                            "files"], rows, limit=200, title="Collector outcomes"))
     return out
 
 
@@ -179,11 +180,11 @@ def _host(report: dict[str, Any]) -> list[Block]:
     osr = h.get("os_release") if isinstance(h.get("os_release"), dict) else {}
     tool = h.get("tool") if isinstance(h.get("tool"), dict) else {}
     clock = h.get("clock") if isinstance(h.get("clock"), dict) else {}
-    return [heading("Host identity", "host"), _kv([
+    return [heading("Host identity", "host"), kv_block([
         ("Hostname", h.get("hostname")), ("Machine id", h.get("machine_id")),
         ("Boot id", h.get("boot_id")), ("Boot time", h.get("boot_time")),
         ("Kernel", f"{kernel.get('system')} {kernel.get('release')} {kernel.get('version')} "
-                   f"{kernel.get('machine')}"),
+                        f"{kernel.get('machine')}"),
         ("OS", osr.get("PRETTY_NAME")), ("Time zone", h.get("timezone")),
         ("Clock at creation (UTC)", clock.get("utc")), ("Collector uid", h.get("collector_uid")),
         ("Tool", f"{tool.get('name')} {tool.get('version')} (Python {tool.get('python')})"),
@@ -193,11 +194,11 @@ def _host(report: dict[str, Any]) -> list[Block]:
 def _timeline(report: dict[str, Any]) -> list[Block]:
     keys = ("received", "command", "action", "srcip", "rule_id", "alert_id", "user",
             "filename", "location", "status", "protocol")
-    trig = _table(list(keys), [[t.get(k) for k in keys] for t in report["triggers"]],
-                  limit=200, total=report.get("triggers_total"), title="Triggers")
-    events = _table(["time (UTC)", "event", "detail"],
-                    [[e.get("time"), e.get("event"), e.get("detail")]
-                     for e in report["timeline"]], limit=300, title="Timeline")
+    trig = table_block(list(keys), [[t.get(k) for k in keys] for t in report["triggers"]],
+                       limit=200, total=report.get("triggers_total"), title="Triggers")
+    events = table_block(["time (UTC)", "event", "detail"],
+                         [[e.get("time"), e.get("event"), e.get("detail")]
+                          for e in report["timeline"]], limit=300, title="Timeline")
     return [heading("Triggers and timeline", "timeline"), trig, events]
 
 
@@ -208,28 +209,28 @@ def _artifacts(report: dict[str, Any]) -> list[Block]:
              Cell(text(a.get("verify"), 40), "bad") if a.get("verify") else Cell("ok", "ok")]
             for a in report["artifacts"]]
     return [heading("Artifacts (every evidence file, size and SHA-256)", "artifacts"),
-            _para("The same list is in SHA256SUMS: sha256sum -c SHA256SUMS in the incident "
-                  "directory re-checks it."),
-            _table(["path", "size (bytes)", "sha256", "collector", "outcome", "reason",
-                    "verify"], rows, limit=ARTIFACT_ROWS_MAX)]
+            para_block("The same list is in SHA256SUMS: sha256sum -c SHA256SUMS in the incident "
+                       "directory re-checks it."),
+            table_block(["path", "size (bytes)", "sha256", "collector", "outcome", "reason",
+                         "verify"], rows, limit=ARTIFACT_ROWS_MAX)]
 
 
 def _custody(report: dict[str, Any]) -> list[Block]:
     c = report["custody"]
     v = report.get("verify") or {}
     out = [heading("Chain of custody", "custody"),
-           _para("manifest.jsonl is hash-chained: each line holds the SHA-256 of the previous "
-                 "line and who wrote it (host, pid, uid, tool). Compare the tip with the "
-                 "manifest_sha256 of the outcome log line on the host."),
-           _kv([("Manifest entries", c.get("entries")),
-                ("Unreadable entries", c.get("unreadable_entries")),
-                ("First entry", c.get("first")), ("Last entry", c.get("last")),
-                ("Chain tip (SHA-256 of the last line)", Cell(text(
-                    v.get("manifest_tip_sha256"), 64), "mono"))]),
-           _table(["host", "uid", "tool", "entries", "writing processes"],
-                  [[w["host"], w["uid"], w["tool"], w["entries"], w["processes"]]
-                   for w in c["writers"]], title="Writers"),
-           _para("Re-check a copy:"),
-           _code(["I=/path/to/the/incident", 'ossec-dfir verify "$I" --expect-tip TIP',
-                  'cd "$I" && sha256sum -c SHA256SUMS'])]
+           para_block("manifest.jsonl is hash-chained: each line holds the SHA-256 of the previous "
+                      "line and who wrote it (host, pid, uid, tool). Compare the tip with the "
+                      "manifest_sha256 of the outcome log line on the host."),
+           kv_block([("Manifest entries", c.get("entries")),
+                     ("Unreadable entries", c.get("unreadable_entries")),
+                     ("First entry", c.get("first")), ("Last entry", c.get("last")),
+                     ("Chain tip (SHA-256 of the last line)", Cell(text(
+                         v.get("manifest_tip_sha256"), 64), "mono"))]),
+           table_block(["host", "uid", "tool", "entries", "writing processes"],
+                       [[w["host"], w["uid"], w["tool"], w["entries"], w["processes"]]
+                        for w in c["writers"]], title="Writers"),
+           para_block("Re-check a copy:"),
+           code_block(["I=/path/to/the/incident", 'ossec-dfir verify "$I" --expect-tip TIP',
+                       'cd "$I" && sha256sum -c SHA256SUMS'])]
     return out

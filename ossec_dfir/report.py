@@ -11,7 +11,6 @@ links, with bounded sizes and record counts; the renderers escape everything.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -19,135 +18,34 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from . import __version__, _fs
-from .errors import StoreError
+from . import __version__
+from ._report_read import Reader
+from ._report_read import as_dict as _dict
+from ._report_read import as_list as _list
+from ._report_read import as_num as _num
 from .store import INCIDENT_JSON, MANIFEST, TRIGGERS
 
 COLLECTORS = ("host", "triage", "pcap", "memory", "yara", "files")
-MAX_JSON_BYTES = 16 * 1024 * 1024      # a summary/capture/processes JSON document
-MAX_LINE_BYTES = 1024 * 1024           # one JSONL record
-MAX_RECORDS = 2000                     # records kept per JSONL file
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 MAX_TIMELINE = 2000
 TOP_N = 25
 _RUN_FILE_RE = re.compile(r"^(?P<collector>[A-Za-z0-9_-]+)/(?P<run>\d+)/(?P<name>.+)$")
 
 
-# -- safe reading ------------------------------------------------------------
-class _Reader:
-    """Read files below an incident directory: no link followed, sizes bounded."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.problems: list[str] = []
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def read(self, relpath: str, max_bytes: int) -> bytes | None:
-        """Return at most max_bytes of relpath, or None (the reason is in problems)."""
-        try:
-            parts = _fs.check_relpath(relpath)
-            dfd = _fs.open_dirs_at(self.fd, parts[:-1])
-            try:
-                fd = _fs.open_read_at(dfd, parts[-1])
-            finally:
-                os.close(dfd)
-        except (OSError, StoreError) as err:
-            self.problems.append(f"{relpath}: not read ({_why(err)})")
-            return None
-        try:
-            chunks, left = [], max_bytes + 1
-            while left > 0:
-                chunk = os.read(fd, min(left, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left -= len(chunk)
-        finally:
-            os.close(fd)
-        data = b"".join(chunks)
-        if len(data) > max_bytes:
-            self.problems.append(f"{relpath}: larger than {max_bytes} bytes, read in part")
-            data = data[:max_bytes]
-        return data
-
-    def json(self, relpath: str) -> Any:
-        """Return the parsed JSON document at relpath, or None."""
-        data = self.read(relpath, MAX_JSON_BYTES)
-        if data is None:
-            return None
-        try:
-            return json.loads(data.decode("utf-8", "replace"))
-        except (ValueError, RecursionError) as err:
-            self.problems.append(f"{relpath}: not valid JSON ({type(err).__name__})")
-            return None
-
-    def jsonl(self, relpath: str, max_records: int = MAX_RECORDS,
-              max_bytes: int = MAX_MANIFEST_BYTES) -> dict[str, Any]:
-        """Return {records, total, bad}: the first max_records dict records of relpath."""
-        out: dict[str, Any] = {"records": [], "total": 0, "bad": 0}
-        data = self.read(relpath, max_bytes)
-        if data is None:
-            out["missing"] = True
-            return out
-        for line in data.split(b"\n"):
-            if not line.strip():
-                continue
-            out["total"] += 1
-            if len(out["records"]) >= max_records:
-                continue
-            if len(line) > MAX_LINE_BYTES:
-                out["bad"] += 1
-                continue
-            try:
-                rec = json.loads(line.decode("utf-8", "replace"))
-            except (ValueError, RecursionError):
-                rec = None
-            if isinstance(rec, dict):
-                out["records"].append(rec)
-            else:
-                out["bad"] += 1
-        if out["bad"]:
-            self.problems.append(f"{relpath}: {out['bad']} records not readable")
-        return out
-
-
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError):
-        return err.strerror or type(err).__name__
-    return str(err)
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _num(value: Any) -> float:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-
 # -- the report --------------------------------------------------------------
 def build_report(incident_path: str, *, run_verify: bool = True) -> dict[str, Any]:
     """Gather everything an analyst reads first from one incident directory."""
-    from .verify import verify
-
     path = os.path.abspath(incident_path)
-    reader = _Reader(path)
+    reader = Reader(path)
     try:
         doc = _dict(reader.json(INCIDENT_JSON))
         manifest = reader.jsonl(MANIFEST, max_records=10 ** 7)
         triggers = reader.jsonl(TRIGGERS, max_records=MAX_TIMELINE)
         entries = manifest["records"]
-        files = [e for e in entries if e.get("type") == "file"]
+        files = [e for e in entries if e.get("type") == "file" and isinstance(e.get("path"), str)]
         steps = [e for e in entries if e.get("type") == "collector"]
-        verified = verify(path).to_dict() if run_verify else None
-        flagged = {p.get("path"): p.get("kind") for p in _list((verified or {}).get("problems"))}
+        verified = _verify(path) if run_verify else None
+        flagged = {str(p.get("path")): p.get("kind")
+                   for p in _list((verified or {}).get("problems"))}
         report: dict[str, Any] = {
             "report_tool": f"ossec-dfir {__version__}",
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -181,8 +79,20 @@ def build_report(incident_path: str, *, run_verify: bool = True) -> dict[str, An
         reader.close()
 
 
+def _verify(path: str) -> dict[str, Any]:
+    """Return verify()'s findings; a crash on a malformed manifest is itself a finding."""
+    from .verify import verify
+    try:
+        return verify(path).to_dict()
+    except Exception as err:  # noqa: BLE001 - the report must still show what is readable
+        return {"ok": False, "files_checked": 0, "manifest_entries": None,
+                "manifest_tip_sha256": None, "problems": [
+                    {"kind": "unverifiable", "path": MANIFEST,
+                     "detail": f"verify failed: {type(err).__name__}: {err}"}]}
+
+
 def _overall(outcomes: list[dict[str, Any]]) -> str:
-    kinds = {o.get("outcome") for o in outcomes} - {"duplicate"}
+    kinds = {str(o.get("outcome")) for o in outcomes} - {"duplicate"}
     if not kinds:
         return "no outcome recorded" if not outcomes else "complete"
     if kinds == {"complete"}:
@@ -202,7 +112,7 @@ def _collectors(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "reason": s.get("reason"), "started": s.get("started"),
                     "ended": s.get("ended"), "trigger": s.get("trigger"), "runs": runs,
                     "files": len(_list(s.get("files"))), "summary": _dict(s.get("summary"))})
-    ran = {c["collector"] for c in out}
+    ran = {str(c["collector"]) for c in out}
     for name in COLLECTORS:
         if name not in ran:
             out.append({"collector": name, "outcome": "not run",
@@ -271,7 +181,7 @@ def _warn(run: str, names: list[str], flagged: dict[Any, Any]) -> list[str]:
             if f"{run}/{n}" in flagged]
 
 
-def _suspects(reader: _Reader, run: str, names: list[str],
+def _suspects(reader: Reader, run: str, names: list[str],
               flagged: dict[Any, Any]) -> dict[str, Any]:
     summary = _dict(reader.json(f"{run}/summary.json")) if "summary.json" in names else {}
     out: dict[str, Any] = {"run": run, "status": summary.get("suspects_status"),
@@ -284,7 +194,7 @@ def _suspects(reader: _Reader, run: str, names: list[str],
     return out
 
 
-def _hits(reader: _Reader, run: str, names: list[str], name: str,
+def _hits(reader: Reader, run: str, names: list[str], name: str,
           flagged: dict[Any, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"run": run, "warnings": _warn(run, names, flagged)}
     if "summary.json" in names:
@@ -294,12 +204,16 @@ def _hits(reader: _Reader, run: str, names: list[str], name: str,
         out.update(records=got["records"], total=got["total"])
         if name == "matches.jsonl":
             out["by_rule"] = Counter(str(r.get("rule")) for r in got["records"]).most_common()
+            out["cores"] = [{"core": f"{run}/{n}",
+                             "howto": [f"gdb -c {_ipath(run + '/' + n)} EXECUTABLE",
+                                       f"readelf -n {_ipath(run + '/' + n)}"]}
+                            for n in sorted(names) if re.fullmatch(r"core\.\d+", n)]
     else:
         out.update(records=[], total=0, missing=f"{name} was not written")
     return out
 
 
-def _capture(reader: _Reader, run: str, names: list[str],
+def _capture(reader: Reader, run: str, names: list[str],
              flagged: dict[Any, Any]) -> dict[str, Any]:
     capture = _dict(reader.json(f"{run}/capture.json")) if "capture.json" in names else {}
     out: dict[str, Any] = {"run": run, "warnings": _warn(run, names, flagged),
@@ -335,7 +249,7 @@ def _capture(reader: _Reader, run: str, names: list[str],
     return out
 
 
-def _memory(reader: _Reader, run: str, names: list[str], files: list[dict[str, Any]],
+def _memory(reader: Reader, run: str, names: list[str], files: list[dict[str, Any]],
             host: dict[str, Any], flagged: dict[Any, Any]) -> dict[str, Any]:
     entry = {e.get("path"): e for e in files}
     out: dict[str, Any] = {"run": run, "warnings": _warn(run, names, flagged),

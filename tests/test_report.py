@@ -66,6 +66,7 @@ def _hostile_evidence(incident) -> None:
     matches += [{"type": "process", "rule": f"rule{i}", "namespace": "ns", "pid": i,
                  "name": "`x`|y", "meta": {}} for i in range(120)]
     _write(incident, "yara", "yara/01/matches.jsonl", _jsonl(matches))
+    _write(incident, "yara", "yara/01/core.4242", b"\x7fELF" + b"\2" * 60)
     _write(incident, "yara", "yara/01/summary.json",
            json.dumps({"files": {"scanned": 3, "matched": 1}}).encode())
     raw_line = b'{"path": "/tmp/\xff\xfe<script>x</script>|a", "source": "search", "size": 5}\n'
@@ -163,7 +164,10 @@ def test_every_artifact_hash_and_the_skip_reason_appear(incident):
     assert "pcap" in [c["collector"] for c in report["collectors"] if c["outcome"] == "skipped"]
     # collectors that never ran say so
     assert any(c["collector"] == "triage" for c in report["collectors"])
-    assert "vol -s isf -f" in doc and "gdb" in doc and "readelf -n" in doc
+    assert "vol -s isf -f" in doc and "readelf -n" in doc
+    assert "gdb -c &quot;$I&quot;/yara/01/core.4242" in doc
+    assert ("gdb &quot;$I&quot;/memory/01/processes/4242/exe -c "
+            "&quot;$I&quot;/memory/01/processes/4242/core") in doc
     assert report["pcap"][0]["capture"]["dropped_by_kernel"] == 7
     suspect = report["suspects"][0]["records"][0]
     assert [p["pid"] for p in suspect["parents"]] == [4000, 1]
@@ -175,15 +179,21 @@ def test_collectors_not_run_are_listed_with_a_reason(config, store):
     try:
         Runner(config, store, inc, req, "t").run_profile(
             Profile("t", "", (Step("host", build_params(get_collector("host"), {})),)))
+        _write(inc, "memory", "memory/01/processes.json", b"[]")
+        why = "no usable memory source (kcore: absent; crash: absent; mem: <refused>)"
+        inc.record({"type": "collector", "collector": "memory", "outcome": "partial",
+                    "reason": f"host image skipped: {why}", "files": ["memory/01/processes.json"],
+                    "summary": {"host_image": {"outcome": "skipped", "reason": why}}})
         report = build_report(inc.path)
     finally:
         inc.close()
     outcomes = {c["collector"]: c for c in report["collectors"]}
     assert outcomes["host"]["outcome"] == "complete"
-    for name in ("triage", "pcap", "memory", "yara", "files"):
+    for name in ("triage", "pcap", "yara", "files"):
         assert outcomes[name]["outcome"] == "not run" and outcomes[name]["reason"]
     doc = render_html(report)
     assert "YARA hits" in doc and "yara: not run" in doc
+    assert "No host image: " + html.escape(why) in doc
 
 
 def test_report_of_a_copy_is_identical(incident, tmp_path):
@@ -270,3 +280,36 @@ def test_cli_writes_0600_and_never_overwrites(incident, config_file, tmp_path, c
     assert not os.path.exists(inside)
     assert verify(incident.path).ok
     assert main(["--config", str(config_file), "report", "20000101T000000Z_nope"]) == 3
+
+
+def test_malformed_records_do_not_break_the_report(config, store):
+    """Wrong types everywhere (a tampered or buggy incident) still give a report."""
+    req = make_request("192.0.2.77")
+    inc, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
+    try:
+        inc.record({"type": "collector", "collector": ["x"], "outcome": {"a": 1}, "reason": 5,
+                    "files": "nope", "summary": [], "started": None})
+        inc.record({"type": "outcome", "outcome": ["partial"]})
+        inc.record({"type": "file", "path": ["a"], "sha256": 5})
+        inc.record({"type": "trigger", "custody": "x"})
+        _write(inc, "triage", "triage/01/suspects.jsonl", _jsonl(
+            [{"pid": [1], "parents": "x", "children": {"a": 1}, "connections": [5, None]},
+             {"pid": None, "connections": "x"}]) + b"[1, 2]\n" + b"[" * 5000 + b"\n{bad\n")
+        _write(inc, "triage", "triage/01/summary.json", b'"just a string"')
+        _write(inc, "yara", "yara/01/matches.jsonl", _jsonl(
+            [{"strings": "x", "meta": [], "type": None}, {"strings": [5, {"id": []}]}]))
+        _write(inc, "yara", "yara/01/summary.json", b'{"files": [1], "processes": 3}')
+        _write(inc, "files", "files/01/results.jsonl", _jsonl([{"regex_match": "x",
+                                                                 "size": "big"}]))
+        _write(inc, "pcap", "pcap/01/capture.json", b"[]")
+        _write(inc, "pcap", "pcap/01/summary.json", json.dumps(
+            {"directions": {"x": 5}, "flows": [1, {"bytes": "x"}], "dns": [{"questions": 5},
+             {"answers": [7]}], "tls_sni": "abc", "http_requests": [None]}).encode())
+        _write(inc, "memory", "memory/01/processes.json", b'[1, {"exe": 5, "file": 7}]')
+        report = build_report(inc.path)
+    finally:
+        inc.close()
+    doc, md = render_html(report), render_markdown(report)
+    assert CSP_META in doc and "## Artifacts" in md
+    assert not report["verify"]["ok"]
+    assert "VERIFY FOUND" in doc
