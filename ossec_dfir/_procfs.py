@@ -49,17 +49,19 @@ def read_text(file_path: str, max_bytes: int = 1 << 20) -> str:
     return read_bytes(file_path, max_bytes).decode("utf-8", "replace")
 
 
-def read_bytes(file_path: str, max_bytes: int = 1 << 20) -> bytes:
+def read_bytes(file_path: str, max_bytes: int = 1 << 20, single_record: bool = False) -> bytes:
     """Read a pseudo file with os.open/os.read (no buffer of max_bytes is allocated).
 
-    The first read asks for one page: a shorter answer is the whole file
-    (procfs seq files and cmdline fill the buffer), which spares the read that
-    would return EOF; a full page is followed by reads of 64 KiB up to max_bytes.
+    Multi-record seq files (/proc/net/tcp, mountinfo, modules, ...) return whole
+    records only, so a read shorter than asked is NOT the end: they are read
+    until EOF. ``single_record`` files (/proc/PID/stat, status, cmdline, cgroup,
+    fdinfo) are produced in one piece: a first read shorter than a page is the
+    whole file, which spares the read that would return EOF.
     """
     fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunk = os.read(fd, min(max_bytes, 4096))
-        if len(chunk) < 4096:
+        if single_record and len(chunk) < 4096 or not chunk:
             return chunk
         chunks = [chunk]
         left = max_bytes - len(chunk)
@@ -89,7 +91,7 @@ def stat_and_status(pid: int, boot: float, rec: dict[str, Any]) -> tuple[int, in
     (bytes), uids and gids ({real, effective, saved}). Raises OSError when the
     process is gone.
     """
-    raw = read_bytes(f"{PROC}/{pid}/stat", 4096).decode("utf-8", "replace")
+    raw = read_bytes(f"{PROC}/{pid}/stat", 4096, single_record=True).decode("utf-8", "replace")
     rpar = raw.rfind(")")
     f = raw[rpar + 2:].split()
     rec["name"] = raw[raw.find("(") + 1:rpar]
@@ -100,7 +102,7 @@ def stat_and_status(pid: int, boot: float, rec: dict[str, Any]) -> tuple[int, in
     rec["create_time_epoch"] = boot + int(f[19]) / CLOCK_TICKS
     rec["vms"] = int(f[20])
     rec["rss"] = int(f[21]) * PAGE_SIZE
-    status = read_bytes(f"{PROC}/{pid}/status", 65536)
+    status = read_bytes(f"{PROC}/{pid}/status", 65536, single_record=True)
     rec["uids"] = rec["gids"] = None
     for key, field in ((b"\nUid:", "uids"), (b"\nGid:", "gids")):
         start = status.find(key)
@@ -112,7 +114,7 @@ def stat_and_status(pid: int, boot: float, rec: dict[str, Any]) -> tuple[int, in
 
 def cmdline(pid: int, max_bytes: int) -> list[str]:
     """Return the argument vector of a process (psutil's rules for rewritten titles)."""
-    data = read_bytes(path(pid, "cmdline"), max_bytes).decode("utf-8", "surrogateescape")
+    data = read_bytes(path(pid, "cmdline"), max_bytes, single_record=True).decode("utf-8", "surrogateescape")
     if not data:
         return []
     sep = "\x00" if data.endswith("\x00") else " "
@@ -145,7 +147,7 @@ def namespaces(pid: int) -> dict[str, int | None]:
 
 def cgroup(pid: int) -> tuple[str, str | None]:
     """Return (the cgroup text of a process, a container id when the cgroup names one)."""
-    text = read_bytes(path(pid, "cgroup"), 65536).decode("utf-8", "replace").strip()
+    text = read_bytes(path(pid, "cgroup"), 65536, single_record=True).decode("utf-8", "replace").strip()
     match = _CONTAINER_RE.search(text)
     return text, match.group(0) if match else None
 
@@ -203,7 +205,7 @@ def fds(pid: int, max_fds: int) -> tuple[list[dict[str, Any]], bool]:
             if target.startswith("/dev/") and not target.startswith("/dev/shm/"):
                 continue  # a device node has no meaningful position: no fdinfo read
             try:
-                info = read_bytes(f"{fdinfo_dir}/{name}", 4096).decode("ascii", "replace")
+                info = read_bytes(f"{fdinfo_dir}/{name}", 4096, single_record=True).decode("ascii", "replace")
             except OSError as err:
                 rec["fdinfo_error"] = error_text(err)
             else:
