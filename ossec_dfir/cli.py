@@ -19,8 +19,22 @@ EXIT_BY_OUTCOME = {"complete": EXIT_COMPLETE, "duplicate": EXIT_COMPLETE, "parti
                    "failed": EXIT_FAILED}
 
 
+def resolve_ossec_dir(args: argparse.Namespace) -> None:
+    """Default --ossec-dir: the tree of a config at <dir>/etc/ossec-dfir.yml, else /var/ossec.
+
+    Relative paths in a config (yara's rules_dirs) are below its OSSEC tree.
+    """
+    if getattr(args, "ossec_dir", None) is None:
+        path = args.config or os.environ.get(ENV_CONFIG)
+        if path and os.path.basename(os.path.dirname(os.path.abspath(path))) == "etc":
+            args.ossec_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        else:
+            args.ossec_dir = "/var/ossec"
+
+
 def _config(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get(ENV_CONFIG)
+    resolve_ossec_dir(args)
     if path is None:
         candidate = os.path.join(args.ossec_dir, "etc", "ossec-dfir.yml")
         path = candidate if os.path.exists(candidate) else None
@@ -69,7 +83,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
                            f"{', '.join(sorted(load_collectors()))})"])
     srcip = parse_ip(args.srcip) if args.srcip else None
     req = Request(protocol="cli", action="add", command=args.name, srcip=srcip,
-                  filename=args.filename, raw="ossec-dfir collect " + " ".join(sys.argv[2:])[:2000])
+                  filename=args.filename,
+                  raw=" ".join(["ossec-dfir collect", args.name] + (
+                      ["--srcip", args.srcip] if args.srcip else []) + [
+                      f"--param {p}" for p in args.param])[:2000])
     store = _store(config, create=True)
     trigger = entry._trigger_record(req, "accepted")
     incident, created = store.incident_for(req.key, hostinfo.identity, trigger)
@@ -282,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--config", default=default,
                             help=f"config file (default: ${ENV_CONFIG}, then "
                                  "<ossec-dir>/etc/ossec-dfir.yml, then the defaults)")
-        target.add_argument("--ossec-dir", default="/var/ossec" if default is None else default,
-                            help="OSSEC/Wazuh directory (default /var/ossec)")
+        target.add_argument("--ossec-dir", default=default,
+                            help="OSSEC/Wazuh directory (default: the tree of --config when it "
+                                 "is <dir>/etc/ossec-dfir.yml, else /var/ossec)")
     parents = [common]
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("collect", help=cmd_collect.__doc__, parents=parents)
@@ -331,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ossec-dfir command; return its exit code."""
     args = build_parser().parse_args(argv)
+    resolve_ossec_dir(args)
     try:
         return int(args.func(args))
     except (BadRequest, ConfigError) as err:

@@ -63,18 +63,34 @@ def _walk(top: str) -> list[str]:
     return sorted(out)
 
 
+def _read_store_file(path: str, name: str) -> bytes | None:
+    """Read a store file without following a link (None when absent)."""
+    try:
+        fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
 def verify(path: str, expect_tip: str | None = None) -> Report:
     """Check an incident directory (works on a copy: needs nothing but the directory)."""
     path = os.path.abspath(path)
     report = Report(os.path.basename(path))
     if not INCIDENT_ID_RE.fullmatch(report.incident):
         report.add("layout", path, "not an incident directory name")
+    for name in (MANIFEST, SUMS, TRIGGERS):
+        if os.path.islink(os.path.join(path, name)):
+            report.add("modified", name, "a symbolic link, not the store's own file")
     try:
-        with open(os.path.join(path, MANIFEST), "rb") as fh:
-            lines = fh.read().splitlines(keepends=True)
+        data = _read_store_file(path, MANIFEST)
     except OSError as err:
         report.add("missing", MANIFEST, f"cannot read the manifest ({err.strerror})")
         return report
+    if data is None:
+        report.add("missing", MANIFEST, "no manifest")
+        return report
+    lines = data.splitlines(keepends=True)
 
     prev = GENESIS
     files: dict[str, dict[str, Any]] = {}
@@ -87,20 +103,26 @@ def verify(path: str, expect_tip: str | None = None) -> Report:
             report.add("chain", MANIFEST, f"line {number} is not JSON")
             prev = hashlib.sha256(line).hexdigest()
             continue
-        if entry.get("prev") != prev:
+        if not isinstance(entry, dict) or entry.get("prev") != prev:
             report.add("chain", MANIFEST,
                        f"line {number} (seq {entry.get('seq')}) does not chain to the previous "
                        "line: a line was removed, inserted or altered")
-        if entry.get("seq") != number:
+        if isinstance(entry, dict) and entry.get("seq") != number:
             report.add("chain", MANIFEST, f"line {number} has seq {entry.get('seq')}")
         prev = hashlib.sha256(line).hexdigest()
+        if not isinstance(entry, dict):
+            report.add("chain", MANIFEST, f"line {number} is not a JSON object")
+            continue
         kind = entry.get("type")
+        if kind in ("begin", "file") and not isinstance(entry.get("path"), str):
+            report.add("chain", MANIFEST, f"line {number} has no valid path")
+            continue
         if kind == "begin":
             begun[entry.get("path", "")] = entry
         elif kind == "file":
             files[entry.get("path", "")] = entry
         elif kind == "trigger":
-            trigger_hashes.append(entry.get("line_sha256", ""))
+            trigger_hashes.append(str(entry.get("line_sha256", "")))
     report.entries = len(lines)
     report.tip_sha256 = prev
     if expect_tip and expect_tip != prev:
@@ -142,10 +164,10 @@ def verify(path: str, expect_tip: str | None = None) -> Report:
 
 def _check_triggers(path: str, expected: list[str], report: Report) -> None:
     try:
-        with open(os.path.join(path, TRIGGERS), "rb") as fh:
-            lines = fh.read().splitlines(keepends=True)
-    except FileNotFoundError:
-        lines = []
+        data = _read_store_file(path, TRIGGERS)
+    except OSError:
+        data = None
+    lines = data.splitlines(keepends=True) if data else []
     actual = [hashlib.sha256(line).hexdigest() for line in lines]
     if actual != expected:
         report.add("modified", TRIGGERS,
@@ -155,10 +177,11 @@ def _check_triggers(path: str, expected: list[str], report: Report) -> None:
 
 def _check_sums(path: str, files: dict[str, dict[str, Any]], report: Report) -> None:
     try:
-        with open(os.path.join(path, SUMS), encoding="ascii", errors="replace") as fh:
-            listed = [line.rstrip("\n").split("  ", 1) for line in fh if line.strip()]
-    except FileNotFoundError:
-        listed = []
+        data = _read_store_file(path, SUMS)
+    except OSError:
+        data = None
+    text = data.decode("ascii", "replace") if data else ""
+    listed = [line.split("  ", 1) for line in text.splitlines() if line.strip()]
     sums = {p: h for h, p in (x for x in listed if len(x) == 2)}
     expected = {p: e.get("sha256") for p, e in files.items()}
     if sums != expected:

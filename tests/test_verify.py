@@ -85,3 +85,28 @@ def test_cli_verify_exit_codes(incident, config_file):
     bad = subprocess.run(cmd + [incident.path, "--json"], capture_output=True, text=True)
     assert bad.returncode == 1
     assert '"missing"' in bad.stdout and "test/01/a.bin" in bad.stdout
+
+
+def test_linked_manifest_is_reported(incident, tmp_path):
+    copy = tmp_path / "manifest-copy.jsonl"
+    src = os.path.join(incident.path, "manifest.jsonl")
+    copy.write_bytes(open(src, "rb").read())
+    os.unlink(src)
+    os.symlink(copy, src)
+    report = verify(incident.path)
+    assert not report.ok
+    assert ("modified", "manifest.jsonl") in kinds(report) or \
+        ("missing", "manifest.jsonl") in kinds(report)
+
+
+def test_wrongly_typed_manifest_entry_is_a_problem_not_a_crash(incident):
+    import hashlib
+    import json
+    path = os.path.join(incident.path, "manifest.jsonl")
+    lines = open(path, "rb").read().splitlines(True)
+    prev = hashlib.sha256(lines[-1]).hexdigest()
+    bad = {"seq": len(lines) + 1, "type": "file", "path": ["a"], "prev": prev}
+    with open(path, "ab") as fh:
+        fh.write((json.dumps(bad) + "\n").encode())
+    report = verify(incident.path)
+    assert not report.ok and any(p["kind"] == "chain" for p in report.problems)
