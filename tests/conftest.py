@@ -1,7 +1,6 @@
 """Shared fixtures: a private evidence store, a config, and a one-step runner."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

@@ -3,19 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from ossec_dfir import config as config_mod, hostinfo, procdump
+from ossec_dfir import config as config_mod, hostinfo
 from ossec_dfir.collector import build_params, get_collector
-from ossec_dfir.collectors import _lime, memory
-from ossec_dfir.config import Profile, Step
+from ossec_dfir.collectors import _lime
 from ossec_dfir.errors import ConfigError
 from ossec_dfir.runner import Runner
 from ossec_dfir.store import Store
