@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= $(CURDIR)/demo
 
-.PHONY: venv install demo test bench lint clean snippets
+.PHONY: venv install demo test bench lint clean snippets fuzz
 
 # Create the virtualenv and install ossec-dfir (editable) with the test extra.
 # On a fresh Debian, python3 -m venv needs python3-venv: installed here when root.
@@ -31,6 +31,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# A longer fuzzing run of the request parser and the entry point than CI's.
+FUZZ_EXAMPLES ?= 100000
+fuzz: venv
+	OSSEC_DFIR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/hostile/test_fuzz.py
 
 bench: venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

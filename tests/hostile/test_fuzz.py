@@ -15,6 +15,8 @@ from ossec_dfir.errors import BadRequest
 from ossec_dfir.request import Request, from_ossec_argv, from_wazuh_json
 
 CANARY_DIR = "/tmp/ossec-dfir-fuzz-canary"
+# CI runs thousands of cases; `make fuzz` runs many more (OSSEC_DFIR_FUZZ_EXAMPLES).
+EXAMPLES = int(os.environ.get("OSSEC_DFIR_FUZZ_EXAMPLES", "3000"))
 NASTY = [f"$(touch {CANARY_DIR}/a)", f"`touch {CANARY_DIR}/b`", f";touch {CANARY_DIR}/c",
          "--help", "-x", "../../etc/passwd", "\x00", "\n", "A" * 70000, "1.2.3.4;id",
          "::ffff:127.0.0.1", "2001:db8::1", "127.0.0.2", "(from_the_server)", "(no_rule_id)",
@@ -36,7 +38,7 @@ def assert_sane(req: Request) -> None:
         assert not req.user.startswith("-")
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.one_of(st.sampled_from(["add", "delete", "-"]), ip_like, text), max_size=12))
 def test_fuzz_ossec_argv(args):
     try:
@@ -52,7 +54,7 @@ json_value = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(EXAMPLES * 2 // 3, 1), deadline=None, suppress_health_check=list(HealthCheck))
 @given(command=st.one_of(st.sampled_from(["add", "delete"]), json_value),
        srcip=st.one_of(ip_like, json_value), rule=st.one_of(text, json_value),
        extra=json_value, garbage=st.binary(max_size=64))
@@ -83,7 +85,7 @@ def test_fuzz_entry_point_in_process(ar_config):
     """The whole entry point (parse, config, store, queue) on random argv."""
     log = ar_config / "ar.log"
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=max(EXAMPLES // 10, 1), deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.one_of(st.sampled_from(NASTY), text), min_size=1, max_size=8))
     def one(args):
         before = log.read_text().count("\n") if log.exists() else 0
