@@ -8,6 +8,7 @@ elsewhere.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -143,3 +144,32 @@ def fsync_dir(dir_fd: int) -> None:
         os.fsync(dir_fd)
     except OSError:
         pass
+
+
+def sha256_fd(fd: int, max_bytes: int = 0) -> tuple[str | None, int]:
+    """Hash a file from offset 0 with pread (its position is untouched).
+
+    Return (hex digest, bytes read); the digest is None when the file is
+    longer than max_bytes (0: no limit).
+    """
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return digest.hexdigest(), offset
+        offset += len(chunk)
+        if max_bytes and offset > max_bytes:
+            return None, offset
+        digest.update(chunk)
+
+
+def sha256_path(path: str, follow_symlinks: bool = False) -> tuple[str, int]:
+    """Hash a file by path (not through a link unless asked); return (hex, size)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        digest, size = sha256_fd(fd)
+    finally:
+        os.close(fd)
+    return digest or "", size

@@ -8,11 +8,12 @@ point it elsewhere (psutil ``PROCFS_PATH``).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import stat
 from typing import Any
+
+from ._fs import sha256_fd
 
 PROC = "/proc"
 NAMESPACES = ("pid", "net", "mnt", "user")
@@ -273,16 +274,11 @@ class ExeHasher:
         if size > self.max_bytes:
             return {"exe_sha256": None,
                     "exe_hash_error": f"larger than exe_hash_max_bytes={self.max_bytes}"}
-        digest = hashlib.sha256()
         try:
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                digest.update(chunk)
+            digest, _ = sha256_fd(fd)
         except OSError as err:
             return {"exe_sha256": None, "exe_hash_error": error_text(err)}
-        return {"exe_sha256": digest.hexdigest()}
+        return {"exe_sha256": digest}
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:

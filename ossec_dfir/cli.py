@@ -6,10 +6,10 @@ import json
 import os
 import sys
 import tarfile
-import hashlib
 from typing import Any
 
 from . import __version__
+from ._fs import sha256_path
 from .config import Config, ENV_CONFIG, load
 from .errors import EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_PARTIAL, EXIT_STORE, \
     BadRequest, ConfigError, DfirError, StoreError
@@ -200,13 +200,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         tar.add(path, arcname=name, recursive=True)
-    digest = hashlib.sha256()
-    with open(out, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    digest, _ = sha256_path(out)
     sfd = os.open(out + ".sha256", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(sfd, "w") as fh:
-        fh.write(f"{digest.hexdigest()}  {os.path.basename(out)}\n")
+        fh.write(f"{digest}  {os.path.basename(out)}\n")
     print(f"{out}\n{out}.sha256")
     return EXIT_COMPLETE
 

@@ -8,6 +8,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._fs import sha256_path
 from .store import GENESIS, INCIDENT_ID_RE, MANIFEST, STORE_FILES, SUMS, TRIGGERS
 
 
@@ -35,22 +36,6 @@ class Report:
         return {"incident": self.incident, "ok": self.ok, "files_checked": self.files_checked,
                 "manifest_entries": self.entries, "manifest_tip_sha256": self.tip_sha256,
                 "problems": self.problems}
-
-
-def _hash_file(path: str) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    return digest.hexdigest(), size
 
 
 def _walk(top: str) -> list[str]:
@@ -139,7 +124,7 @@ def verify(path: str, expect_tip: str | None = None) -> Report:
         if not stat.S_ISREG(st.st_mode):
             report.add("modified", relpath, "no longer a regular file")
             continue
-        digest, size = _hash_file(full)
+        digest, size = sha256_path(full)
         report.files_checked += 1
         if digest != entry.get("sha256") or size != entry.get("size"):
             report.add("modified", relpath,

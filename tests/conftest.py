@@ -88,10 +88,26 @@ def evidence_path(incident, relpath: str) -> Path:
     return Path(incident.path) / relpath
 
 
+def wait_collector_entry(evidence_root: Path, ip: str, collector: str,
+                         timeout_s: float = 30) -> dict:
+    """Wait for the worker to record a collector's manifest entry for ip; return it."""
+    import json
+    import time
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for manifest in evidence_root.glob(f"*_{ip}/manifest.jsonl"):
+            for line in manifest.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["type"] == "collector" and rec["collector"] == collector:
+                    return rec
+        time.sleep(0.2)
+    raise AssertionError(f"the worker did not record the {collector} collector")
+
+
 def ar_env(config_file: Path) -> dict[str, str]:
     """Return an environment for running an AR executable from the checkout."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "OSSEC_DFIR_CONFIG": str(config_file)}
     return env
 
 
-__all__ = ["make_request", "evidence_path", "ar_env", "AR_DIR", "ROOT"]
+__all__ = ["make_request", "evidence_path", "ar_env", "wait_collector_entry", "AR_DIR", "ROOT"]

@@ -11,7 +11,6 @@ Two parts that run separately (``host_image``, ``process_dumps``):
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import select
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import procdump, suspects
+from .._fs import sha256_path
 from ..collector import BINARY_DIRS, Collector, Context, Params, Result, register
 from . import _lime
 
@@ -195,14 +195,10 @@ def _avml_image(ctx: Context, params: MemoryParams) -> dict[str, Any]:
 
 
 def _sha256_file(path: str) -> str | None:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_path(path, follow_symlinks=True)[0]
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def _copy_file(ctx: Context, src: str, name: str, max_bytes: int,

@@ -15,7 +15,6 @@ cache key), ``matches.jsonl`` (one line per file or process and rule),
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import pwd
@@ -27,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import _yararules
+from .._fs import sha256_fd
 from ..collector import Collector, Context, Params, Result, register
 from ..errors import LimitReached
 from . import _walk
@@ -117,19 +117,6 @@ class _Owners:
         return self.names[uid]
 
 
-def _sha256_fd(fd: int, max_bytes: int) -> str | None:
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, _HASH_CHUNK, offset)
-        if not chunk:
-            return digest.hexdigest()
-        offset += len(chunk)
-        if max_bytes and offset > max_bytes:
-            return None
-        digest.update(chunk)
-
-
 def scan_file(rules: Any, path: str, st: os.stat_result, params: YaraParams,
               owner: str, timeout_s: int) -> dict[str, Any]:
     """Scan one file (thread-safe); return {"skip": reason} or the scan outcome."""
@@ -168,7 +155,7 @@ def scan_file(rules: Any, path: str, st: os.stat_result, params: YaraParams,
         out: dict[str, Any] = {"matches": matches, "scanned_bytes": scanned,
                                "truncated": truncated}
         if matches:
-            out["sha256"] = _sha256_fd(fd, params.max_hash_bytes)
+            out["sha256"] = sha256_fd(fd, params.max_hash_bytes)[0]
         return out
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ import pytest
 from ossec_dfir.collector import build_params, get_collector
 from ossec_dfir.collectors import _filesearch as fs
 from ossec_dfir.errors import ConfigError
-from tests.conftest import AR_DIR, ar_env, evidence_path, make_request
+from tests.conftest import wait_collector_entry, AR_DIR, ar_env, evidence_path, make_request
 
 NOW = time.time()
 DAY = 86400.0
@@ -332,16 +332,7 @@ profiles:
     proc = subprocess.run(argv, env=ar_env(config_file), capture_output=True, timeout=30,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
-    deadline = time.monotonic() + 30
-    entry = None
-    while time.monotonic() < deadline and entry is None:
-        for manifest in evidence_root.glob("*_127.0.0.9/manifest.jsonl"):
-            for line in manifest.read_text().splitlines():
-                rec = json.loads(line)
-                if rec["type"] == "collector" and rec["collector"] == "files":
-                    entry = rec
-        time.sleep(0.2)
-    assert entry is not None, "the worker did not record the files collector"
+    entry = wait_collector_entry(evidence_root, "127.0.0.9", "files")
     assert entry["outcome"] == "complete", entry["reason"]
     incident_dir = next(evidence_root.glob("*_127.0.0.9"))
     lines = (incident_dir / "files/01/results.jsonl").read_text().splitlines()

@@ -18,7 +18,7 @@ import pytest
 from ossec_dfir import _procfs, suspects
 from ossec_dfir.collector import build_params, get_collector
 from ossec_dfir.errors import ConfigError
-from tests.conftest import evidence_path
+from tests.conftest import wait_collector_entry, evidence_path
 
 LISTEN_IP = "127.0.0.5"
 EXPECTED_FILES = {"connections.jsonl", "unix_sockets.jsonl", "processes.jsonl",
@@ -283,16 +283,7 @@ profiles:
     proc = subprocess.run(argv, env=ar_env(config_file), capture_output=True, timeout=30,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
-    deadline = time.monotonic() + 30
-    entry = None
-    while time.monotonic() < deadline and entry is None:
-        for manifest in evidence_root.glob(f"*_{LISTEN_IP}/manifest.jsonl"):
-            for line in manifest.read_text().splitlines():
-                rec = json.loads(line)
-                if rec["type"] == "collector" and rec["collector"] == "triage":
-                    entry = rec
-        time.sleep(0.2)
-    assert entry is not None, "the worker did not record the triage collector"
+    entry = wait_collector_entry(evidence_root, LISTEN_IP, "triage")
     assert entry["outcome"] in ("complete", "partial"), entry["reason"]
     assert scene["connected"].pid in entry["summary"]["suspects"]
     assert scene["marked"].pid not in entry["summary"]["suspects"]

@@ -16,7 +16,7 @@ import pytest
 from ossec_dfir import _yararules
 from ossec_dfir.collector import build_params, get_collector
 from ossec_dfir.errors import ConfigError
-from tests.conftest import AR_DIR, ROOT, ar_env, evidence_path, make_request
+from tests.conftest import wait_collector_entry, AR_DIR, ROOT, ar_env, evidence_path, make_request
 
 yara = pytest.importorskip("yara")
 
@@ -339,16 +339,7 @@ profiles:
     proc = subprocess.run(argv, env=ar_env(config_file), capture_output=True, timeout=30,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
-    deadline = time.monotonic() + 30
-    entry = None
-    while time.monotonic() < deadline and entry is None:
-        for manifest in evidence_root.glob("*_127.0.0.10/manifest.jsonl"):
-            for line in manifest.read_text().splitlines():
-                rec = json.loads(line)
-                if rec["type"] == "collector" and rec["collector"] == "yara":
-                    entry = rec
-        time.sleep(0.2)
-    assert entry is not None, "the worker did not record the yara collector"
+    entry = wait_collector_entry(evidence_root, "127.0.0.10", "yara")
     assert entry["outcome"] == "complete", entry["reason"]
     incident_dir = next(evidence_root.glob("*_127.0.0.10"))
     lines = [json.loads(x) for x in
