@@ -267,9 +267,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop the continuous collections (captures) for an IP, as a delete would."""
-    from .request import parse_ip
+    from .request import incident_key, parse_ip
     from .runner import ALL_COMMANDS, request_stop
-    key = "host" if args.srcip == "host" else str(parse_ip(args.srcip)).replace(":", "_")
+    key = incident_key(None if args.srcip == "host" else parse_ip(args.srcip))
     store = _store(_config(args), create=True)
     request_stop(store, args.command or ALL_COMMANDS, key)
     print(f"stop requested for {key} ({args.command or 'all commands'})")

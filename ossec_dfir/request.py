@@ -66,12 +66,8 @@ class Request:
 
     @property
     def key(self) -> str:
-        """Return the incident key: the normalised IP (``:`` as ``_``) or ``host``."""
-        if self.srcip is None:
-            return "host"
-        key = str(self.srcip).replace(":", "_")
-        # "::1" would give "__1", not a safe path component: write the zero group.
-        return "0" + key if key.startswith("_") else key
+        """Return the incident key of this request (see incident_key)."""
+        return incident_key(self.srcip)
 
     def to_record(self) -> dict[str, Any]:
         """Return a JSON-safe dict of every field (the trigger record)."""
@@ -92,6 +88,15 @@ class Request:
         values["extra_args"] = tuple(rec.get("extra_args") or ())
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def incident_key(srcip: IPAddress | None) -> str:
+    """Return the incident key: the normalised IP (``:`` as ``_``) or ``host``."""
+    if srcip is None:
+        return "host"
+    key = str(srcip).replace(":", "_")
+    # "::1" would give "__1", not a safe path component: write the zero group.
+    return "0" + key if key.startswith("_") else key
 
 
 def parse_ip(text: Any, field_name: str = "srcip") -> IPAddress:

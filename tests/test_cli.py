@@ -54,6 +54,8 @@ def test_status_and_stop(config_file):
     status = json.loads(proc.stdout)
     assert status["running"] == [] and status["queued"] == 0 and status["busy_workers"] == 0
     assert run_cli(config_file, "stop", "192.0.2.9").returncode == 0
+    assert run_cli(config_file, "stop", "::1").returncode == 0
+    assert run_cli(config_file, "stop", "host").returncode == 0
     assert run_cli(config_file, "stop", "not-an-ip").returncode == 2
 
 
