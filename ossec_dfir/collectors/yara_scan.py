@@ -307,8 +307,9 @@ class YaraCollector(Collector):
                 cache_fd = ctx.incident.store.state_dir_fd("yara-cache")
             except OSError as err:
                 ctx.note(f"rule cache unavailable: {err}")
+        dirs = rules_dirs(ctx, params)
         try:
-            loaded = _yararules.load_rules(rules_dirs(ctx, params), cache_fd)
+            loaded = _yararules.load_rules(dirs, cache_fd)
         except _yararules.RulesError as err:
             return Result("failed", "rules refused: " + "; ".join(err.problems)[:3000],
                           {"rule_problems": err.problems[:100]})
@@ -322,7 +323,8 @@ class YaraCollector(Collector):
         walk = _walk.Walk(_walk.expand_roots(params.roots) if params.scan_files else [],
                           one_filesystem=params.one_filesystem, max_files=params.max_files,
                           should_stop=ctx.should_stop,
-                          exclude=(ctx.incident.store.root, *params.exclude))
+                          # never the evidence, nor our own signatures (they match themselves)
+                          exclude=(ctx.incident.store.root, *dirs, *params.exclude))
         files = _FileScan(ctx, loaded.rules, params, None, budget)
         with ctx.writer("matches.jsonl") as writer:
             files.writer = writer

@@ -368,3 +368,18 @@ def test_time_budget_stops_the_scan_partial(run_collector, tmp_path):
     files = summary_of(incident, outcome)["files"]
     assert files["scanned"] + sum(files["skipped"].values()) <= 12
     assert files["scanned"] < 12
+
+
+def test_rules_inside_a_scanned_root_are_not_reported(run_collector, scan_root):
+    """Signatures match their own source: the rules directories are never scanned."""
+    inside = scan_root / "rules"
+    inside.mkdir(mode=0o700)
+    (inside / "test.yar").write_text(RULES)
+    (inside / "test.yar").chmod(0o600)
+    outcome, incident = run_collector("yara", {**FAST, "rules_dirs": [str(inside)],
+                                               "roots": [str(scan_root)]})
+    assert outcome.outcome == "complete", outcome.reason
+    paths = {m["path"] for m in matches_of(incident, outcome)}
+    assert str(inside / "test.yar") not in paths
+    assert str(scan_root / "hit.bin") in paths
+    assert summary_of(incident, outcome)["files"]["skipped"].get("excluded") == 1
