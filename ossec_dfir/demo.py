@@ -1,7 +1,8 @@
 """``ossec-dfir demo``: a simulated alert end to end on this host, then the incident.
 
 It builds a private OSSEC tree under --dir, installs the executables there,
-opens a loopback "attacker" connection from 127.0.0.2, runs the AR executable
+starts an "attacker" process holding a loopback connection from 127.0.0.2, runs
+the AR executable
 exactly as OSSEC's execd would, waits for the worker's outcome line and prints
 the incident and its verification. Nothing leaves loopback.
 """
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import threading
 import time
 
 ATTACKER_IP = "127.0.0.2"
@@ -32,35 +31,36 @@ def demo_profile(directory: str) -> dict:
                 {"collector": "files", "params": {"roots": [directory]}}]}
 
 
+_ATTACKER_CODE = """
+import socket, sys, time
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
+client = socket.socket(); client.bind((sys.argv[1], 0)); client.connect(server.getsockname())
+conn, _ = server.accept()
+print("ready", flush=True)
+n = 0
+while True:
+    client.sendall(b"GET /demo-%d HTTP/1.1\\r\\nHost: demo.invalid\\r\\n\\r\\n" % n)
+    conn.recv(65536)
+    n += 1
+    time.sleep(0.5)
+"""
+
+
 class _Attacker:
-    """A loopback listener and a client from 127.0.0.2 exchanging a little traffic."""
+    """A separate process holding a loopback connection from 127.0.0.2 (the suspect)."""
 
     def __init__(self) -> None:
-        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(1)
-        self.client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.client.bind((ATTACKER_IP, 0))
-        self.client.connect(self.server.getsockname())
-        self.conn, _ = self.server.accept()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._chatter, daemon=True)
-        self._thread.start()
-
-    def _chatter(self) -> None:
-        n = 0
-        while not self._stop.wait(0.5):
-            try:
-                self.client.sendall(b"GET /demo-%d HTTP/1.1\r\nHost: demo.invalid\r\n\r\n" % n)
-                self.conn.recv(65536)
-            except OSError:
-                return
-            n += 1
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", _ATTACKER_CODE, ATTACKER_IP],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "ready": the connection is up
 
     def close(self) -> None:
-        self._stop.set()
-        for s in (self.client, self.conn, self.server):
-            s.close()
+        self.proc.kill()
+        self.proc.wait()
 
 
 def _write_config(path: str, evidence_root: str, log_file: str, directory: str) -> None:
@@ -111,7 +111,12 @@ def run_demo(directory: str, command: str | None, timeout_s: float) -> int:
     args = ["--config", conf, "--ossec-dir", ossec_dir]
     cli.main(args + ["show", incident])
     print()
-    return cli.main(args + ["verify", incident])
+    code = cli.main(args + ["verify", incident])
+    report = os.path.join(directory, f"{incident}.report.html")
+    if not os.path.exists(report):
+        print("\nthe analyst's report (ossec-dfir report):")
+        cli.main(args + ["report", incident, "-o", report])
+    return code
 
 
 def _wait_outcome(log_file: str, offset: int, timeout_s: float) -> str | None:
