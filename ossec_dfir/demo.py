@@ -2,9 +2,9 @@
 
 It builds a private OSSEC tree under --dir, installs the executables there,
 starts an "attacker" process holding a loopback connection from 127.0.0.2, runs
-the AR executable
-exactly as OSSEC's execd would, waits for the worker's outcome line and prints
-the incident and its verification. Nothing leaves loopback.
+the AR executable exactly as OSSEC's execd would, waits for the worker's
+outcome line, and prints the incident, its verification and the report's path.
+Nothing leaves loopback.
 """
 from __future__ import annotations
 
