@@ -94,7 +94,7 @@ def stop(config: Config, req: Request) -> str:
     store = worker.open_store(config)
     try:
         runner.request_stop(store, req.command, req.key)
-        current = store._read_current(req.key)
+        current = store.current_incident(req.key)
         if current is None:
             return "delete: stop requested; no incident for this key"
         incident = store.open_incident(current)

@@ -196,6 +196,7 @@ class _Running:
     started: str
     hard_deadline: float
     run_dir: str
+    held_fds: tuple[int, ...] = ()  # the collector lock and capture slot, closed at the end
 
 
 class Runner:
@@ -272,20 +273,19 @@ class Runner:
             return None
         # One collector of a kind per incident: the lock is held by this process
         # (and inherited by the child) until the step is finished.
-        lock_cm = self.store.lock(self._lock_name(step), blocking=False)
-        if not lock_cm.__enter__():
-            lock_cm.__exit__(None, None, None)
+        held = [self.store.try_lock(self._lock_name(step))]
+        if held[0] is None:
             self._skip(step, "already running for this incident; trigger recorded only",
                        duplicate=True)
             return None
-        capture_slot = None
         if cls.stops_on_delete:
-            capture_slot = self.store.try_slot("capture-slots", self.config.max_captures)
-            if capture_slot is None:
-                lock_cm.__exit__(None, None, None)
+            slot = self.store.try_slot("capture-slots", self.config.max_captures)
+            if slot is None:
+                os.close(held[0])
                 self._skip(step, f"max_captures={self.config.max_captures} continuous "
                                  "collections already run on this host")
                 return None
+            held.append(slot)
         started = utc_now()
         run_dir = self.incident.new_run_dir(step.collector)
         read_fd, write_fd = os.pipe()
@@ -297,13 +297,10 @@ class Runner:
                     os.close(fd)
             self._child(cls, step, run_dir, write_fd, stop_check)
         os.close(write_fd)
-        handle = _Running(step, pid, read_fd, started,
-                          time.monotonic() + step.params.timeout_s + max(GRACE_S,
-                                                                         step.params.timeout_s * 0.1),
-                          run_dir)
-        handle.lock_cm = lock_cm  # type: ignore[attr-defined]
-        handle.capture_slot = capture_slot  # type: ignore[attr-defined]
-        return handle
+        grace_s = max(GRACE_S, step.params.timeout_s * 0.1)
+        return _Running(step, pid, read_fd, started,
+                        time.monotonic() + step.params.timeout_s + grace_s, run_dir,
+                        tuple(fd for fd in held if fd is not None))
 
     def _child(self, cls: Any, step: Step, run_dir: str, write_fd: int, stop_check: Any) -> None:
         code = 0
@@ -368,9 +365,8 @@ class Runner:
         os.close(handle.read_fd)
         if status is None:
             _, status = os.waitpid(handle.pid, 0)
-        handle.lock_cm.__exit__(None, None, None)  # type: ignore[attr-defined]
-        if handle.capture_slot is not None:  # type: ignore[attr-defined]
-            os.close(handle.capture_slot)  # type: ignore[attr-defined]
+        for fd in handle.held_fds:
+            os.close(fd)
         try:
             payload = json.loads(b"".join(chunks)) if chunks else None
         except ValueError:

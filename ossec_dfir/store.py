@@ -86,42 +86,44 @@ class Store:
         """Return the path of ``.state/<parts>`` (for display and tests)."""
         return os.path.join(self.root, STATE_DIR, *parts)
 
-    @contextlib.contextmanager
-    def lock(self, name: str, blocking: bool = True) -> Iterator[bool]:
-        """Hold ``.state/locks/<name>.lock``; yields False if non-blocking and busy."""
+    def _lock_fd(self, directory: str, name: str, blocking: bool) -> int | None:
+        """Open and flock ``.state/<directory>/<name>``; None when busy (non-blocking)."""
         _fs.check_relpath(name)
-        dfd = self.state_dir_fd("locks")
+        dfd = self.state_dir_fd(directory)
         try:
-            fd = os.open(name + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=dfd)
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
         finally:
             os.close(dfd)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
             os.close(fd)
+            return None
+        return fd
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold ``.state/locks/<name>.lock`` (waiting for it) for the with block."""
+        fd = self._lock_fd("locks", name + ".lock", blocking=True)
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def try_lock(self, name: str) -> int | None:
+        """Take ``.state/locks/<name>.lock`` without waiting; return its fd (close to
+        release; a forked child holding a copy holds the lock too) or None."""
+        return self._lock_fd("locks", name + ".lock", blocking=False)
 
     def try_slot(self, kind: str, count: int) -> int | None:
         """Take one of count ``.state/<kind>/<i>.lock`` without waiting; return its fd."""
-        dfd = self.state_dir_fd(kind)
-        try:
-            for i in range(count):
-                fd = os.open(f"{i}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600, dir_fd=dfd)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue
+        for i in range(count):
+            fd = self._lock_fd(kind, f"{i}.lock", blocking=False)
+            if fd is not None:
                 return fd
-            return None
-        finally:
-            os.close(dfd)
+        return None
 
     # -- space --------------------------------------------------------------
     def free_bytes(self) -> int:
@@ -160,7 +162,7 @@ class Store:
         """
         _fs.check_relpath(key)
         with self.lock("key-" + key):
-            current = self._read_current(key)
+            current = self.current_incident(key)
             if current is not None:
                 try:
                     incident = self.open_incident(current)
@@ -174,7 +176,8 @@ class Store:
             self._write_current(key, incident.id)
             return incident, True
 
-    def _read_current(self, key: str) -> str | None:
+    def current_incident(self, key: str) -> str | None:
+        """Return the id of the latest incident of a key (None when there is none)."""
         dfd = self.state_dir_fd("current")
         try:
             fd = _fs.open_read_at(dfd, key)
