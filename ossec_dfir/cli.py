@@ -276,14 +276,36 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_COMPLETE
 
 
+def rule_problems(config: Config) -> list[str]:
+    """Return the problems of every YARA rules directory the profiles use (file and line)."""
+    from . import _yararules
+    problems: list[str] = []
+    checked: set[tuple[str, ...]] = set()
+    for name, profile in sorted(config.profiles.items()):
+        for i, step in enumerate(profile.steps):
+            if step.collector != "yara":
+                continue
+            dirs = tuple(d if os.path.isabs(d) else os.path.join(config.ossec_dir, d)
+                         for d in step.params.rules_dirs)
+            if dirs in checked:
+                continue
+            checked.add(dirs)
+            problems += [f"profiles.{name}.steps[{i}] (yara rules): {p}"
+                         for p in _yararules.check_rules(dirs)]
+    return problems
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the configuration and list its profiles."""
+    """Validate the configuration and the YARA rules it uses; list the profiles."""
     config = _config(args)
-    print(f"{config.source}: OK")
+    problems = rule_problems(config)
+    for problem in problems:
+        print(f"{config.source}: {problem}")
+    print(f"{config.source}: {'OK' if not problems else 'PROBLEMS'}")
     for name, profile in sorted(config.profiles.items()):
         print(f"  {name}: " + " -> ".join(
             s.collector + (" (background)" if s.background else "") for s in profile.steps))
-    return EXIT_COMPLETE
+    return EXIT_COMPLETE if not problems else EXIT_BAD_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:

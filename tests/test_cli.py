@@ -89,8 +89,17 @@ def test_install_into_an_ossec_tree(tmp_path, capsys):
 
 
 def test_check_config(config_file, capsys):
+    rules = config_file.parent / "rules"
+    rules.mkdir(mode=0o700)
+    (rules / "ok.yar").write_text('rule ok { strings: $a = "x" condition: $a }\n')
+    config_file.write_text(config_file.read_text() + f"collectors:\n  yara:\n"
+                                                     f"    rules_dirs: [{rules}]\n")
     assert main(["--config", str(config_file), "check-config"]) == 0
     assert "dfir-host" in capsys.readouterr().out
+    (rules / "broken.yar").write_text('rule ok2 {\n strings: $a = "x"\n condition: $b\n}\n')
+    assert main(["--config", str(config_file), "check-config"]) == 2
+    out = capsys.readouterr().out
+    assert "broken.yar: line " in out and "undefined string" in out
 
 
 @pytest.mark.parametrize("args", [["verify", "20990101T000000Z_nothing"], ["show", "x"]])
