@@ -14,9 +14,11 @@ was read and gets ``gone: true``. Nothing here raises for one process.
 from __future__ import annotations
 
 import os
+import pickle
 import pwd
+import signal
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .. import _procfs
 
@@ -179,3 +181,69 @@ def _replaced(exe_path: str | None, hashed: dict[str, Any]) -> bool:
     except OSError:
         return False
     return (st.st_dev, st.st_ino) != (hashed.get("exe_dev"), hashed.get("exe_inode"))
+
+
+# Below this many processes one reader is fast enough; above, a helper shares the work.
+PARALLEL_MIN_PROCESSES = 256
+
+
+def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bool]
+                   ) -> Iterator[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+    """Yield (pid, record, fd records) for every pid, in pid order.
+
+    With more than one CPU and many processes, a forked helper reads the second
+    half while this process reads the first (the records come back pickled
+    through a pipe): the snapshot takes about half the time, with less skew
+    between the first and the last process. If the helper fails, its half is
+    read here. ``stop()`` is polled every 32 processes on both sides.
+    """
+    if len(pids) < PARALLEL_MIN_PROCESSES or (os.cpu_count() or 1) < 2:
+        yield from _read_serial(reader, pids, stop)
+        return
+    half = len(pids) // 2
+    theirs = pids[half:]
+    read_fd, write_fd = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # the helper: read, pickle, exit without running any cleanup
+        code = 1
+        try:
+            os.close(read_fd)
+            data = pickle.dumps(list(_read_serial(reader, theirs, stop)),
+                                protocol=pickle.HIGHEST_PROTOCOL)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_fd, view):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    received: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] | None = None
+    try:
+        yield from _read_serial(reader, pids[:half], stop)
+        chunks = []
+        while True:
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, status = os.waitpid(helper, 0)
+        helper = 0
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            received = pickle.loads(b"".join(chunks))
+    finally:
+        os.close(read_fd)
+        if helper:  # the caller stopped early: end the helper
+            os.kill(helper, signal.SIGKILL)
+            os.waitpid(helper, 0)
+    if received is None:
+        yield from _read_serial(reader, theirs, stop)
+    else:
+        yield from received
+
+
+def _read_serial(reader: ProcessReader, pids: list[int], stop: Callable[[], bool]
+                 ) -> Iterator[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+    for i, pid in enumerate(pids):
+        if i % 32 == 0 and stop():
+            return
+        yield (pid, *reader.read(pid))

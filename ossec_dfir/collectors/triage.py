@@ -27,7 +27,7 @@ from ..collector import Collector, Context, Params, Result, register
 from ..errors import ReserveReached, StoreError
 from . import _triage_net as net
 from . import _triage_system as system
-from ._triage_procs import ProcessReader, utc_iso
+from ._triage_procs import ProcessReader, read_processes, utc_iso
 
 _FLUSH_RECORDS = 512
 # One encoder for every record (json.dumps with options builds a new one per call).
@@ -234,13 +234,13 @@ def _processes(snap: Snapshot) -> None:
     files_out = snap.lines("open_files.jsonl") if params.open_files else None
     denied_pids = gone = flagged = deleted_open = 0
     cut: str | None = None
+    pids = psutil.pids()
+    read = 0
+    records = read_processes(reader, pids,
+                             lambda: snap.check_stop(_TAIL_RESERVE_S) is not None)
     try:
-        for i, pid in enumerate(psutil.pids()):
-            if i % 32 == 0 and snap.check_stop(_TAIL_RESERVE_S):
-                cut = f"{snap.stopped} after {i} processes"
-                snap.result.degrade(cut)
-                break
-            rec, fd_records = reader.read(pid)
+        for pid, rec, fd_records in records:
+            read += 1
             gone += bool(rec.get("gone"))
             denied_pids += bool(rec.get("denied"))
             flagged += bool(rec.get("exe_deleted") or rec.get("exe_in_temp"))
@@ -263,7 +263,11 @@ def _processes(snap: Snapshot) -> None:
                             "status")}
                 if files_out is not None:
                     files_out.add(fd_rec)
+        if read < len(pids) and cut is None:
+            cut = f"{snap.check_stop(_TAIL_RESERVE_S) or 'stopped'} after {read} processes"
+            snap.result.degrade(cut)
     finally:
+        records.close()  # ends the helper reader if we stopped early
         procs_out.close(cut)
         snap.count("processes.jsonl", procs_out)
         if files_out is not None:
