@@ -287,15 +287,23 @@ class Walk:
         if stat.S_ISLNK(st.st_mode):
             self.skip(SYMLINK, root)
             return None
-        if stat.S_ISDIR(st.st_mode):
-            if is_skipped_fstype(self.fstype(st.st_dev), self.skip_fstypes):
-                self.skip(PSEUDO_FS, root)
-                return None
-            return st
-        if stat.S_ISREG(st.st_mode):
-            return st
-        self.skip(SPECIAL, root)
-        return None
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            self.skip(SPECIAL, root)
+            return None
+        # /proc/kcore or a sysfs file is a "regular" file too: never read one.
+        if is_skipped_fstype(self.fstype(st.st_dev), self.skip_fstypes):
+            self.skip(PSEUDO_FS, root)
+            return None
+        return st
+
+    def single_file(self, path: str) -> os.stat_result | None:
+        """Check one named file (the alert's) like a root: absolute, not excluded, not
+        a link, a regular file, not on a pseudo or network filesystem; counted if not."""
+        st = self._root(path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            self.skip(SPECIAL, path)
+            return None
+        return st
 
     def _enter_ok(self, path: str, st: os.stat_result, root_dev: int, depth: int) -> bool:
         if self._excluded(path):

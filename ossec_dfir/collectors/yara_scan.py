@@ -221,17 +221,9 @@ class _FileScan:
     def _alert_item(self, walk: _walk.Walk, alert_file: str):
         """Yield the alert's file if it is a regular file (links are not followed)."""
         self.alert_file = alert_file
-        if walk._excluded(alert_file):
-            return
-        try:
-            st = os.lstat(alert_file)
-        except OSError as err:
-            walk.skip(_walk._reason(err), alert_file)
-            return
-        if stat.S_ISREG(st.st_mode):
+        st = walk.single_file(alert_file)
+        if st is not None:
             yield alert_file, st, "alert"
-        else:
-            walk.skip(_walk.SYMLINK if stat.S_ISLNK(st.st_mode) else _walk.SPECIAL, alert_file)
 
     def _walk_items(self, walk: _walk.Walk):
         for path, st in walk:

@@ -383,3 +383,15 @@ def test_rules_inside_a_scanned_root_are_not_reported(run_collector, scan_root):
     assert str(inside / "test.yar") not in paths
     assert str(scan_root / "hit.bin") in paths
     assert summary_of(incident, outcome)["files"]["skipped"].get("excluded") == 1
+
+
+def test_alert_file_on_a_pseudo_filesystem_is_never_read(run_collector, rules_dir, tmp_path):
+    """An attacker-named file such as /proc/kcore or /proc/self/environ is not scanned."""
+    from tests.conftest import make_request
+    req = make_request("127.0.0.10", filename="/proc/self/environ")
+    outcome, incident = run_collector("yara", {**FAST, "rules_dirs": [str(rules_dir)],
+                                               "roots": []}, request=req)
+    assert outcome.outcome == "complete", outcome.reason
+    files = summary_of(incident, outcome)["files"]
+    assert files["scanned"] == 0
+    assert files["skipped"] == {"pseudo_or_network_fs": 1}
