@@ -63,14 +63,15 @@ def queued_jobs(store: Store) -> list[str]:
 
 
 def claim_job(store: Store) -> tuple[str, dict[str, Any]] | None:
-    """Take the oldest queued job (atomic rename into .state/claimed/)."""
+    """Take the oldest queued job (atomic rename into .state/claimed/<our pid>.<name>)."""
     qfd = store.state_dir_fd("queue")
     cfd = store.state_dir_fd("claimed")
     try:
-        for name in sorted(n for n in os.listdir(qfd)
-                           if n.endswith(".json") and not n.startswith(".")):
+        for queued in sorted(n for n in os.listdir(qfd)
+                             if n.endswith(".json") and not n.startswith(".")):
+            name = f"{os.getpid()}.{queued}"
             try:
-                os.rename(name, name, src_dir_fd=qfd, dst_dir_fd=cfd)
+                os.rename(queued, name, src_dir_fd=qfd, dst_dir_fd=cfd)
             except FileNotFoundError:
                 continue  # another worker took it
             try:
@@ -96,6 +97,53 @@ def done_job(store: Store, name: str) -> None:
         pass
     finally:
         os.close(cfd)
+
+
+def _alive(pid: int) -> bool:
+    """Return True when pid runs (a zombie waiting for its parent counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read(4096).rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def reap_orphans(config: Config, store: Store) -> int:
+    """Record as failed the jobs whose worker died (SIGKILL, OOM, reboot); return how many.
+
+    The incident gets an ``outcome`` entry and the log an ``outcome=failed``
+    line, so the manager alerts on a collection that never finished.
+    """
+    cfd = store.state_dir_fd("claimed")
+    reaped = 0
+    try:
+        for name in os.listdir(cfd):
+            pid_text, _, _ = name.partition(".")
+            if not pid_text.isdigit() or _alive(int(pid_text)):
+                continue
+            try:
+                fd = _fs.open_read_at(cfd, name)
+                with os.fdopen(fd, "rb") as fh:
+                    job = json.loads(fh.read(1 << 22))
+                request = Request.from_record(job["request"])
+                reason = f"worker {pid_text} died before the collection ended"
+                incident = store.open_incident(job["incident"])
+                try:
+                    tip = incident.record({"type": "outcome", "trigger": job["trigger"],
+                                           "command": request.command, "outcome": "failed",
+                                           "reason": reason})
+                finally:
+                    incident.close()
+                log_outcome(config, request, job["incident"], "failed", [], reason, tip)
+            except (OSError, ValueError, KeyError, DfirError):
+                pass
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=cfd)
+            reaped += 1
+    finally:
+        os.close(cfd)
+    return reaped
 
 
 def try_slot(store: Store, max_workers: int) -> int | None:
@@ -178,6 +226,8 @@ def main(argv: list[str]) -> int:
         store = open_store(config)
     except (ConfigError, StoreError):
         return 3
+
+    reap_orphans(config, store)
 
     def handoff() -> None:
         """Only continuous collectors (captures) are left: give the slot to a new worker."""

@@ -57,8 +57,10 @@ def test_sigkill_mid_write_then_next_trigger(tmp_path):
     assert run(argv(tree, "add")) == 0
     assert wait_for(lambda: any(i["collector"] == "pcap" for i in running(tree)))
     assert run(argv(tree, "delete")) == 0
-    outcome = tree.wait_outcome(1, timeout_s=45)[0]
-    assert "steps=pcap:complete" in outcome
+    outcomes = tree.wait_outcome(2, timeout_s=45)
+    # the next worker reported the dead one's collection as failed (an alert)
+    assert "outcome=failed" in outcomes[0] and "died" in outcomes[0]
+    assert "steps=pcap:complete" in outcomes[1]
     report = verify(str(tree.evidence / incident))
     assert [(p["kind"], p["path"]) for p in report.problems] == \
         [("unfinished", "pcap/01/capture.pcap")]
