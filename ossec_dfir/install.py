@@ -36,6 +36,41 @@ sys.exit(main("{name}"))
 '''
 
 
+def writable_by_others(path: str) -> list[str]:
+    """Return why path, or a directory above it, could be changed by a non-root user.
+
+    The installed executables run as root; an interpreter or package that a
+    user can replace would be a local privilege escalation.
+    """
+    problems = []
+    current = os.path.realpath(path)
+    while True:
+        try:
+            st = os.stat(current)
+        except OSError as err:
+            problems.append(f"{current}: {err.strerror}")
+            break
+        if st.st_uid != 0:
+            problems.append(f"{current}: owned by uid {st.st_uid}, not root")
+        if st.st_mode & 0o022 and not (st.st_mode & 0o1000 and current != path):
+            problems.append(f"{current}: writable by group or others "
+                            f"(mode {st.st_mode & 0o7777:04o})")
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return problems
+
+
+def unsafe_code_paths() -> list[str]:
+    """Return the problems of the interpreter and the package the executables would run."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    problems = []
+    for path in (sys.executable, package):
+        problems += [p for p in writable_by_others(path) if p not in problems]
+    return problems
+
+
 def commands(config: Config) -> list[str]:
     """Return the AR command names: the profiles whose name starts with dfir-."""
     return sorted(n for n in config.profiles if n.startswith("dfir-"))
@@ -154,6 +189,14 @@ def cmd_install(args: argparse.Namespace) -> int:
     """Install the AR executables and config into --ossec-dir; print the conf snippet."""
     from .cli import _config
     config = _config(args)
+    problems = unsafe_code_paths() if os.geteuid() == 0 else []
+    if problems and not args.allow_unsafe_paths:
+        print("refusing to install: execd would run, as root, code that others can change:")
+        for problem in problems:
+            print(f"  {problem}")
+        print("install ossec-dfir in a root-owned virtualenv (e.g. /opt/ossec-dfir), or pass "
+              "--allow-unsafe-paths for a test tree")
+        return 2
     flavor = args.flavor if args.flavor != "auto" else detect_flavor(args.ossec_dir)
     for line in install(config, args.ossec_dir, args.edit_ossec_conf, flavor):
         print(line)
@@ -168,4 +211,6 @@ def add_parser(sub: argparse._SubParsersAction, parents: list | None = None) -> 
     p.add_argument("--flavor", choices=("auto", "ossec", "wazuh"), default="auto")
     p.add_argument("--edit-ossec-conf", action="store_true",
                    help="append the blocks to ossec.conf (after a backup)")
+    p.add_argument("--allow-unsafe-paths", action="store_true",
+                   help="install even if the interpreter or package is writable by non-root")
     p.set_defaults(func=cmd_install)

@@ -64,7 +64,7 @@ def test_install_into_an_ossec_tree(tmp_path, capsys):
     (ossec / "etc").mkdir(parents=True)
     (ossec / "etc" / "ossec.conf").write_text("<ossec_config>\n</ossec_config>\n")
     assert main(["install", "--ossec-dir", str(ossec), "--flavor", "ossec",
-                 "--edit-ossec-conf"]) == 0
+                 "--edit-ossec-conf", "--allow-unsafe-paths"]) == 0
     out = capsys.readouterr().out
     assert "<expect>srcip</expect>" in out
     script = ossec / "active-response" / "bin" / "dfir-host"
@@ -84,7 +84,8 @@ def test_install_into_an_ossec_tree(tmp_path, capsys):
     assert len(backups) == 1
     assert (ossec / "etc" / "ossec-dfir.yml").exists()
     # a second install edits nothing more
-    assert main(["install", "--ossec-dir", str(ossec), "--edit-ossec-conf"]) == 0
+    assert main(["install", "--ossec-dir", str(ossec), "--edit-ossec-conf",
+                 "--allow-unsafe-paths"]) == 0
     assert (ossec / "etc" / "ossec.conf").read_text() == conf
 
 
@@ -105,3 +106,29 @@ def test_check_config(config_file, capsys):
 @pytest.mark.parametrize("args", [["verify", "20990101T000000Z_nothing"], ["show", "x"]])
 def test_missing_incident(config_file, args):
     assert run_cli(config_file, *args).returncode != 0
+
+
+def test_install_refuses_code_others_can_change(tmp_path, monkeypatch, capsys):
+    from ossec_dfir import install
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(install, "unsafe_code_paths",
+                        lambda: ["/home/user/venv: owned by uid 1000, not root"])
+    ossec = tmp_path / "ossec"
+    assert main(["install", "--ossec-dir", str(ossec)]) == 2
+    assert "refusing to install" in capsys.readouterr().out
+    assert not (ossec / "active-response").exists()
+
+
+def test_unsafe_interpreter_paths_are_found(tmp_path):
+    from ossec_dfir.install import writable_by_others
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    target = shared / "venv" / "bin" / "python3"
+    target.parent.mkdir(parents=True)
+    target.write_text("")
+    problems = writable_by_others(str(target))
+    assert any(str(shared) in p and "writable by group or others" in p for p in problems)
+    if os.geteuid() == 0:
+        os.chown(target, 65534, 65534)
+        assert any("owned by uid 65534" in p for p in writable_by_others(str(target)))
