@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as err:
         print(f"ossec-dfir: exists already, not overwritten: {err.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `ossec-dfir show ID | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_COMPLETE
 
 
 if __name__ == "__main__":
