@@ -22,7 +22,7 @@ from typing import Any, Callable
 from . import _fs
 from .collector import Context, Result, get_collector, unmet_prerequisite
 from .config import Config, Profile, Step
-from .errors import DfirError, ReserveReached, StoreError
+from .errors import DfirError, ReserveReached, Skipped, StoreError
 from .request import Request
 from .store import Incident, Store, utc_now
 
@@ -327,6 +327,8 @@ class Runner:
                     result = Result("failed", "collector returned no Result")
             except ReserveReached as err:
                 result = Result("partial", str(err))
+            except Skipped as err:  # found out only while running: nothing could be done
+                result = Result("skipped", err.reason)
             except DfirError as err:
                 result = Result("failed", str(err))
             except Exception as err:  # a collector bug must not stop the others
