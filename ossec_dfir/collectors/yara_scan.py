@@ -98,6 +98,10 @@ def rules_dirs(ctx: Context, params: YaraParams) -> list[str]:
             for d in params.rules_dirs]
 
 
+# Files up to this size are read with one pread and scanned from memory.
+_SMALL_FILE_BYTES = 256 << 10
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -135,6 +139,11 @@ def scan_file(rules: Any, path: str, st: os.stat_result, params: YaraParams,
         try:
             if truncated:
                 data = os.pread(fd, params.max_file_bytes, 0)
+                matches = rules.match(data=data, externals=externals, timeout=timeout_s)
+                scanned = len(data)
+            elif st.st_size <= _SMALL_FILE_BYTES:
+                # One pread costs less than libyara's open/fstat/mmap/munmap/close.
+                data = os.pread(fd, _SMALL_FILE_BYTES + 1, 0)
                 matches = rules.match(data=data, externals=externals, timeout=timeout_s)
                 scanned = len(data)
             elif os.path.isdir(_walk.PROC_SELF_FD):
@@ -209,7 +218,7 @@ class _FileScan:
                 window.append((path, st, origin, pool.submit(
                     scan_file, self.rules, path, st, self.params, self.owner(st.st_uid),
                     timeout_s)))
-                while len(window) >= threads * 4:
+                while len(window) >= threads * 128:
                     self._handle(walk, *window.popleft())
             while window:
                 path, st, origin, future = window.popleft()
