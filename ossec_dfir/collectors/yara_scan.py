@@ -98,6 +98,10 @@ def rules_dirs(ctx: Context, params: YaraParams) -> list[str]:
             for d in params.rules_dirs]
 
 
+_STOPPED = "stopped_before_scan"
+# Files handed to a scanning thread at once, and batches kept in flight per thread.
+_BATCH_FILES = 16
+_BATCHES_IN_FLIGHT = 8
 # Files up to this size are read with one pread and scanned from memory.
 _SMALL_FILE_BYTES = 256 << 10
 
@@ -170,6 +174,18 @@ def scan_file(rules: Any, path: str, st: os.stat_result, params: YaraParams,
         os.close(fd)
 
 
+def scan_batch(rules: Any, items: list[tuple[str, os.stat_result, str]], params: YaraParams,
+               timeout_s: int, deadline: float) -> list[dict[str, Any]]:
+    """Scan several files (path, lstat, owner) in one hand-over to a thread, until deadline."""
+    out = []
+    for path, st, owner in items:
+        if time.monotonic() >= deadline:
+            out.append({"skip": _STOPPED})
+        else:
+            out.append(scan_file(rules, path, st, params, owner, timeout_s))
+    return out
+
+
 def _open_skip_reason(err: OSError) -> str:
     if err.errno == errno.EINVAL:
         return _walk.SPECIAL
@@ -202,30 +218,52 @@ class _FileScan:
         self.started = time.monotonic()
 
     def run(self, walk: _walk.Walk, alert_file: str | None = None) -> None:
-        """Scan the alert's file (when given) or every file of the walk, until stopped."""
+        """Scan the alert's file (when given) or every file of the walk, until stopped.
+
+        Files go to the scanning threads in batches (fewer hand-overs) and many
+        batches are kept in flight, so no thread idles behind one large file.
+        """
         from concurrent.futures import ThreadPoolExecutor
         threads = self.params.threads
-        window: deque[tuple[str, os.stat_result, str, Any]] = deque()
+        window: deque[tuple[list[tuple[str, os.stat_result, str]], Any]] = deque()
+        batch: list[tuple[str, os.stat_result, str]] = []
         with ThreadPoolExecutor(threads, thread_name_prefix="yara-file") as pool:
+
+            def submit() -> None:
+                timeout_s = int(min(self.params.file_timeout_s, max(self.ctx.time_left(), 1)))
+                window.append((batch[:], pool.submit(
+                    scan_batch, self.rules, [(p, st, self.owner(st.st_uid)) for p, st, _ in batch],
+                    self.params, timeout_s, self.ctx.deadline)))
+                batch.clear()
+
             items = self._alert_item(walk, alert_file) if alert_file else self._walk_items(walk)
             for path, st, origin in items:
                 if walk.stopped is None:
                     walk.stopped = self.ctx.should_stop()
                 if walk.stopped:
-                    walk.skip("stopped_before_scan", path)
+                    walk.skip(_STOPPED, path)
                     break
-                timeout_s = int(min(self.params.file_timeout_s, max(self.ctx.time_left(), 1)))
-                window.append((path, st, origin, pool.submit(
-                    scan_file, self.rules, path, st, self.params, self.owner(st.st_uid),
-                    timeout_s)))
-                while len(window) >= threads * 128:
-                    self._handle(walk, *window.popleft())
+                batch.append((path, st, origin))
+                if len(batch) >= _BATCH_FILES:
+                    submit()
+                while len(window) >= threads * _BATCHES_IN_FLIGHT:
+                    self._handle_batch(walk, *window.popleft())
+            if batch and not walk.stopped:
+                submit()
+            for path, _, _ in batch:
+                walk.skip(_STOPPED, path)
             while window:
-                path, st, origin, future = window.popleft()
+                items_done, future = window.popleft()
                 if walk.stopped and future.cancel():
-                    walk.skip("stopped_before_scan", path)
+                    for path, _, _ in items_done:
+                        walk.skip(_STOPPED, path)
                 else:
-                    self._handle(walk, path, st, origin, future)
+                    self._handle_batch(walk, items_done, future)
+
+    def _handle_batch(self, walk: _walk.Walk, items: list[tuple[str, os.stat_result, str]],
+                      future: Any) -> None:
+        for (path, st, origin), outcome in zip(items, future.result()):
+            self._handle(walk, path, st, origin, outcome)
 
     def _alert_item(self, walk: _walk.Walk, alert_file: str):
         """Yield the alert's file if it is a regular file (links are not followed)."""
@@ -240,10 +278,11 @@ class _FileScan:
                 yield path, st, "walk"
 
     def _handle(self, walk: _walk.Walk, path: str, st: os.stat_result, origin: str,
-                future: Any) -> None:
-        outcome = future.result()
+                outcome: dict[str, Any]) -> None:
         if "skip" in outcome:
             walk.skip(outcome["skip"], path)
+            if outcome["skip"] == _STOPPED and walk.stopped is None:
+                walk.stopped = self.ctx.should_stop() or "stopped"
             return
         self.scanned += 1
         self.scanned_bytes += outcome["scanned_bytes"]
