@@ -15,7 +15,7 @@ from typing import Any
 
 from . import arlog, request as rq
 from .config import DEFAULT_CONFIG, ENV_CONFIG, Config, config_path_for, load, ossec_dir_of_script
-from .errors import EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_STORE, BadRequest, ConfigError, \
+from .errors import EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_STORE, BadRequest, ConfigError, \
     DfirError, StoreError
 from .request import Request
 
@@ -109,9 +109,28 @@ def stop(config: Config, req: Request) -> str:
 
 def main(command: str, argv: list[str] | None = None, stdin_fd: int = 0,
          stdout_fd: int = 1) -> int:
-    """Run one AR invocation of command; return the exit code (see README)."""
-    os.umask(0o077)
+    """Run one AR invocation of command; return the exit code (see README).
+
+    Whatever happens, the invocation leaves one log line and no traceback.
+    """
     argv = list(sys.argv if argv is None else argv)
+    try:
+        return _main(command, argv, stdin_fd, stdout_fd)
+    except Exception as err:  # a bug must still leave its one line, not a traceback
+        script = argv[0] if argv else command
+        log = os.path.join(ossec_dir_of_script(script), "logs", "active-responses.log")
+        try:
+            log = load(os.environ.get(ENV_CONFIG) or None,
+                       ossec_dir_of_script(script)).log_file
+        except Exception:  # noqa: BLE001 - fall back to the OSSEC log
+            pass
+        arlog.invocation(log, script, _raw_args_text(argv[1:]) or "(wazuh stdin)",
+                         f"failed: internal error {type(err).__name__}: {err}")
+        return EXIT_FAILED
+
+
+def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
+    os.umask(0o077)
     script = argv[0] if argv else command
     ossec_dir = ossec_dir_of_script(script)
     config_path = config_path_for(ossec_dir)

@@ -229,3 +229,18 @@ def test_repeated_alerts_join_one_incident(tree):
     triggers = (tree.evidence / incident / "triggers.jsonl").read_text().splitlines()
     assert len(triggers) == 3
     assert verify(str(tree.evidence / incident)).ok
+
+
+def test_an_internal_error_still_leaves_one_line_and_no_traceback(tmp_path, config_file,
+                                                                   monkeypatch):
+    from ossec_dfir import entry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+    monkeypatch.setenv("OSSEC_DFIR_CONFIG", str(config_file))
+    monkeypatch.setattr(entry, "accept", broken)
+    code = entry.main("dfir-host", ["/x/active-response/bin/dfir-host", "add", "-",
+                                    "192.0.2.90", "-", "-"])
+    assert code == 4
+    [line] = (tmp_path / "ar.log").read_text().splitlines()
+    assert "internal error RuntimeError: simulated bug" in line
