@@ -77,6 +77,15 @@ def read_bytes(file_path: str, max_bytes: int = 1 << 20, single_record: bool = F
         os.close(fd)
 
 
+def pid_alive(pid: int) -> bool:
+    """Return True when pid runs (a zombie waiting for its parent counts as dead)."""
+    try:
+        raw = read_bytes(f"{PROC}/{pid}/stat", 4096, single_record=True)
+        return raw.rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
 def boot_time() -> float:
     """Return the boot time (Unix seconds) from /proc/stat ``btime``."""
     for line in read_text(os.path.join(PROC, "stat"), 1 << 20).splitlines():

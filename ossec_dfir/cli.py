@@ -10,6 +10,7 @@ from typing import Any
 
 from . import __version__
 from ._fs import sha256_path
+from ._procfs import pid_alive
 from .config import Config, ENV_CONFIG, load
 from .errors import EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_PARTIAL, EXIT_STORE, \
     BadRequest, ConfigError, DfirError, StoreError
@@ -247,7 +248,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             with open(os.path.join(run_dir, name)) as fh:
                 info = json.load(fh)
-            os.kill(int(info["pid"]), 0)
+            if not pid_alive(int(info["pid"])):
+                continue  # a collector that died (killed, crashed) left its file
         except (OSError, ValueError, KeyError):
             continue
         running.append(info)

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from . import _fs, arlog
+from ._procfs import pid_alive
 from .config import Config, load
 from .errors import ConfigError, DfirError, StoreError
 from .request import Request
@@ -99,16 +100,6 @@ def done_job(store: Store, name: str) -> None:
         os.close(cfd)
 
 
-def _alive(pid: int) -> bool:
-    """Return True when pid runs (a zombie waiting for its parent counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read(4096).rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
 def reap_orphans(config: Config, store: Store) -> int:
     """Record as failed the jobs whose worker died (SIGKILL, OOM, reboot); return how many.
 
@@ -120,7 +111,7 @@ def reap_orphans(config: Config, store: Store) -> int:
     try:
         for name in os.listdir(cfd):
             pid_text, _, _ = name.partition(".")
-            if not pid_text.isdigit() or _alive(int(pid_text)):
+            if not pid_text.isdigit() or pid_alive(int(pid_text)):
                 continue
             try:
                 fd = _fs.open_read_at(cfd, name)
