@@ -98,7 +98,7 @@ def _line_map(text: str) -> dict[str, int]:
     return lines
 
 
-def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
+def _read_yaml(path: str) -> tuple[dict[str, Any], str]:
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(1 << 20)
@@ -117,7 +117,7 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping"], path)
-    return data, _line_map(text)
+    return data, text
 
 
 def ossec_dir_of_script(script: str) -> str:
@@ -132,15 +132,14 @@ def config_path_for(ossec_dir: str) -> str:
 
 def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:
     """Load, merge over the defaults, and validate a config file (None: defaults only)."""
-    defaults, default_lines = _read_yaml(DEFAULT_CONFIG)
+    defaults, default_text = _read_yaml(DEFAULT_CONFIG)
     merged = dict(defaults)
-    lines = {k: ("default", v) for k, v in default_lines.items()}
+    user_text = ""
     source = path or DEFAULT_CONFIG
     if path is not None:
         if not os.path.exists(path):
             raise ConfigError(["config file does not exist"], path)
-        user, user_lines = _read_yaml(path)
-        lines.update({k: ("user", v) for k, v in user_lines.items()})
+        user, user_text = _read_yaml(path)
         for key, value in user.items():
             if key == "collectors" and isinstance(value, dict) and isinstance(
                     merged.get(key), dict):
@@ -152,7 +151,13 @@ def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:
                 merged[key] = {**merged[key], **value}
             else:
                 merged[key] = value
-    return validate(merged, source, ossec_dir, lines)
+    try:
+        return validate(merged, source, ossec_dir)
+    except ConfigError:
+        # Only now (rarely) parse the texts again for the line of every problem.
+        lines = {k: ("default", v) for k, v in _line_map(default_text).items()}
+        lines.update({k: ("user", v) for k, v in _line_map(user_text).items()})
+        return validate(merged, source, ossec_dir, lines)
 
 
 def validate(data: dict[str, Any], source: str, ossec_dir: str,
