@@ -40,6 +40,13 @@ STATE_DIR = ".state"
 _RESERVE_RECHECK_BYTES = 64 * 1024 * 1024
 
 
+def utc_iso(epoch: float | None) -> str | None:
+    """Return a Unix time as an ISO-8601 UTC string with microseconds (None stays None)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def utc_now() -> str:
     """Return the current UTC time as an ISO-8601 string with microseconds."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from ..store import utc_iso
+
 CHUNK_BYTES = 1 << 20
 MAX_IOC_FILE_BYTES = 64 << 20
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -207,10 +209,6 @@ def scan_content(fd: int, *, max_bytes: int, want_hash: bool,
     return result
 
 
-def iso_time(epoch: float) -> str:
-    """Return a Unix time as an ISO-8601 UTC string with microseconds."""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
 
 def skip_reason(err: OSError) -> str:
     """Return the skip reason for a file that could not be opened or read."""
@@ -241,7 +239,7 @@ def stat_record(path: str, st: os.stat_result) -> dict[str, Any]:
         "nlink": st.st_nlink}
     for key in ("atime", "mtime", "ctime"):
         ns = getattr(st, f"st_{key}_ns")
-        record[key] = iso_time(ns / 1e9)
+        record[key] = utc_iso(ns / 1e9)
         record[f"{key}_ns"] = ns
     try:
         path.encode("utf-8")

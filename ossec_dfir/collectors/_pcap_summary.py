@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from datetime import datetime, timezone
 from typing import IO, Any, Callable
+
+from ..store import utc_iso
 
 MAX_FLOWS = 10000
 MAX_ITEMS = 1000
@@ -23,9 +24,6 @@ def _text(raw: bytes | str) -> str:
         raw = raw.decode("utf-8", "replace")
     return raw[:MAX_TEXT]
 
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def tls_sni(payload: bytes) -> str | None:
@@ -102,7 +100,7 @@ class _Summary:
         l4 = pkt.getlayer(TCP) or pkt.getlayer(UDP)
         sport, dport = (int(l4.sport), int(l4.dport)) if l4 is not None else (0, 0)
         self._flow(ts, size, proto, src, sport, dst, dport)
-        stamp = {"time": _iso(ts), "src": src, "sport": sport, "dst": dst, "dport": dport}
+        stamp = {"time": utc_iso(ts), "src": src, "sport": sport, "dst": dst, "dport": dport}
         if pkt.haslayer(DNS):
             self._dns(pkt[DNS], stamp)
         if l4 is not None and isinstance(l4, TCP):
@@ -155,8 +153,8 @@ class _Summary:
     def result(self) -> dict[str, Any]:
         flows = sorted(self.flows.values(), key=lambda f: f["first_seen"])
         for flow in flows:
-            flow["first_seen"] = _iso(flow["first_seen"])
-            flow["last_seen"] = _iso(flow["last_seen"])
+            flow["first_seen"] = utc_iso(flow["first_seen"])
+            flow["last_seen"] = utc_iso(flow["last_seen"])
         return {"srcip": self.ip, "directions": self.directions, "flows": flows,
                 "flows_not_listed": self.flows_dropped, "dns": self.dns, "tls_sni": self.sni,
                 "http_requests": self.http, "undecodable_packets": self.errors}

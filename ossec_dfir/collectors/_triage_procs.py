@@ -17,20 +17,14 @@ import os
 import pickle
 import pwd
 import signal
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from .. import _procfs
+from ..store import utc_iso
 
 PF_KTHREAD = 0x00200000
 CMDLINE_MAX_BYTES = 128 * 1024
 
-
-def utc_iso(epoch: float | None) -> str | None:
-    """Return a Unix time as an ISO-8601 UTC string (None stays None)."""
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ProcessReader:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .. import _procfs
-from ._triage_procs import utc_iso
+from ..store import utc_iso
 
 SYS = "/sys"
 # Bits of /proc/sys/kernel/tainted (Documentation/admin-guide/tainted-kernels.rst).

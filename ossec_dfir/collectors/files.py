@@ -28,6 +28,7 @@ from typing import Any
 
 from ..collector import Collector, Context, Params, Result, register
 from ..errors import ReserveReached
+from ..store import utc_iso
 from . import _filesearch as fs
 
 DEFAULT_ROOTS = (
@@ -363,7 +364,7 @@ class _Search:
         """Return the outcome and the summary accounting for every file seen."""
         walk = self.walk.summary()
         summary = {
-            "action": self.params.action, "alert_time": fs.iso_time(self.alert_epoch),
+            "action": self.params.action, "alert_time": utc_iso(self.alert_epoch),
             "alert_time_source": self.alert_source, "roots": self.roots,
             "matched": self.matched, "rejected_by": dict(sorted(self.rejected.items())),
             "copied_files": self.copied_files, "copied_bytes": self.copied_bytes,

@@ -27,7 +27,8 @@ from ..collector import Collector, Context, Params, Result, register
 from ..errors import ReserveReached, StoreError
 from . import _triage_net as net
 from . import _triage_system as system
-from ._triage_procs import ProcessReader, read_processes, utc_iso
+from ..store import utc_iso
+from ._triage_procs import ProcessReader, read_processes
 
 _FLUSH_RECORDS = 512
 # One encoder for every record (json.dumps with options builds a new one per call).

@@ -22,11 +22,11 @@ import stat
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from .. import _yararules
 from .._fs import sha256_fd
+from ..store import utc_iso
 from ..collector import Collector, Context, Params, Result, register
 from ..errors import LimitReached
 from . import _walk
@@ -105,9 +105,6 @@ _BATCHES_IN_FLIGHT = 8
 # Files up to this size are read with one pread and scanned from memory.
 _SMALL_FILE_BYTES = 256 << 10
 
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Owners:
@@ -292,7 +289,7 @@ class _FileScan:
             return
         self.matched += 1
         base = {"type": "file", "origin": origin, "path": path, "size": st.st_size,
-                "mtime": _iso(st.st_mtime), "ctime": _iso(st.st_ctime),
+                "mtime": utc_iso(st.st_mtime), "ctime": utc_iso(st.st_ctime),
                 "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid, "gid": st.st_gid,
                 "owner": self.owner(st.st_uid), "inode": st.st_ino,
                 "sha256": outcome.get("sha256"), "scanned_bytes": outcome["scanned_bytes"],
