@@ -86,6 +86,20 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def flocked_files() -> set[tuple[int, int, int]]:
+    """Return (major, minor, inode) of every file with a flock held (/proc/locks)."""
+    held = set()
+    for line in read_text(os.path.join(PROC, "locks"), 16 << 20).splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[0] != "->":
+            try:
+                major, minor, inode = parts[5].split(":")
+                held.add((int(major, 16), int(minor, 16), int(inode)))
+            except ValueError:
+                continue
+    return held
+
+
 def boot_time() -> float:
     """Return the boot time (Unix seconds) from /proc/stat ``btime``."""
     for line in read_text(os.path.join(PROC, "stat"), 1 << 20).splitlines():

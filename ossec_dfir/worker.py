@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from . import _fs, arlog
-from ._procfs import pid_alive
+from ._procfs import flocked_files, pid_alive
 from .config import Config, load
 from .errors import ConfigError, DfirError, StoreError
 from .request import Request
@@ -143,18 +143,20 @@ def try_slot(store: Store, max_workers: int) -> int | None:
 
 
 def busy_slots(store: Store, max_workers: int) -> int:
-    """Count the worker slots held right now."""
-    fd_list = []
-    try:
-        while True:
-            fd = try_slot(store, max_workers)
-            if fd is None:
-                break
-            fd_list.append(fd)
-        return max_workers - len(fd_list)
-    finally:
-        for fd in fd_list:
-            os.close(fd)
+    """Count the worker slots held right now, from /proc/locks.
+
+    Never by taking the locks ourselves: an AR invocation finding every slot
+    busy for that moment would queue its job with no worker left to take it.
+    """
+    held = flocked_files()
+    busy = 0
+    for i in range(max_workers):
+        try:
+            st = os.stat(store.state_path("slots", f"{i}.lock"), follow_symlinks=False)
+        except OSError:
+            continue
+        busy += (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held
+    return busy
 
 
 def spawn(slot_fd: int, config_path: str, ossec_dir: str) -> int:

@@ -156,3 +156,17 @@ def test_triggers_are_chained_into_the_manifest(incident):
     incident.append_trigger({"trigger_id": "x2", "action": "delete", "srcip": "192.0.2.1"})
     assert [t["trigger_id"] for t in incident.triggers()] == ["x1", "x2"]
     assert verify(incident.path).ok
+
+
+def test_busy_slots_counts_without_taking_a_slot(store):
+    from ossec_dfir.worker import busy_slots
+    held = store.try_slot("slots", 2)
+    try:
+        assert busy_slots(store, 2) == 1
+        other = store.try_slot("slots", 2)  # counting left the free slot free
+        assert other is not None
+        assert busy_slots(store, 2) == 2
+        os.close(other)
+    finally:
+        os.close(held)
+    assert busy_slots(store, 2) == 0

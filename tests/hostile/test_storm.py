@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from ossec_dfir.store import Store
 from ossec_dfir.verify import verify
+from ossec_dfir.worker import busy_slots
 from tests.test_entry import Tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
@@ -28,28 +30,17 @@ def test_alert_storm(tmp_path):
     peak = {"workers": 0}
     done = threading.Event()
 
-    slot_dir = tree.evidence / ".state" / "slots"
-
     def sample():
-        """Count the worker slot locks held right now (from /proc/locks)."""
+        """Count the worker slot locks held right now (ossec-dfir status' count)."""
+        store = None
         while not done.is_set():
-            inodes = set()
-            if slot_dir.exists():
-                for p in slot_dir.glob("*.lock"):
-                    try:
-                        inodes.add(p.stat().st_ino)
-                    except OSError:
-                        pass
-            held = set()
-            with open("/proc/locks") as fh:
-                for line in fh:
-                    parts = line.split()
-                    if "FLOCK" in parts and "->" not in parts:
-                        ino = int(parts[5].split(":")[-1])
-                        if ino in inodes:
-                            held.add(ino)
-            peak["workers"] = max(peak["workers"], len(held))
+            if store is None and tree.evidence.exists():
+                store = Store(str(tree.evidence), create=False)
+            if store is not None:
+                peak["workers"] = max(peak["workers"], busy_slots(store, MAX_WORKERS + 2))
             time.sleep(0.01)
+        if store is not None:
+            store.close()
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
