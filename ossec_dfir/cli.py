@@ -281,14 +281,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def rule_problems(config: Config) -> list[str]:
     """Return the problems of every YARA rules directory the profiles use (file and line)."""
     from . import _yararules
+    from .collectors.yara_scan import resolve_rules_dirs
     problems: list[str] = []
     checked: set[tuple[str, ...]] = set()
     for name, profile in sorted(config.profiles.items()):
         for i, step in enumerate(profile.steps):
             if step.collector != "yara":
                 continue
-            dirs = tuple(d if os.path.isabs(d) else os.path.join(config.ossec_dir, d)
-                         for d in step.params.rules_dirs)
+            dirs = tuple(resolve_rules_dirs(config.ossec_dir, step.params.rules_dirs))
             if dirs in checked:
                 continue
             checked.add(dirs)

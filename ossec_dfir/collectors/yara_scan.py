@@ -92,10 +92,14 @@ class YaraParams(Params):
         return problems
 
 
-def rules_dirs(ctx: Context, params: YaraParams) -> list[str]:
+def resolve_rules_dirs(ossec_dir: str, dirs: tuple[str, ...]) -> list[str]:
     """Return the rule directories, relative ones resolved under the OSSEC directory."""
-    return [d if os.path.isabs(d) else os.path.join(ctx.config.ossec_dir, d)
-            for d in params.rules_dirs]
+    return [d if os.path.isabs(d) else os.path.join(ossec_dir, d) for d in dirs]
+
+
+def rules_dirs(ctx: Context, params: YaraParams) -> list[str]:
+    """Return the rule directories of this run."""
+    return resolve_rules_dirs(ctx.config.ossec_dir, params.rules_dirs)
 
 
 _STOPPED = "stopped_before_scan"
