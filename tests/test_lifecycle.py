@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from ossec_dfir._procfs import pid_alive
 from ossec_dfir.verify import verify
 from tests.test_entry import Tree
 
@@ -37,17 +38,22 @@ def run(cmd):
                           stderr=subprocess.DEVNULL, cwd="/", timeout=30).returncode
 
 
-def running_collectors(tree):
+def running(tree):
+    """Return the status records of the collectors running now (as ossec-dfir status)."""
     path = tree.evidence / ".state" / "running"
-    if not path.exists():
-        return []
     out = []
-    for p in path.glob("*.json"):
+    for p in path.glob("*.json") if path.exists() else []:
         try:
-            out.append(json.loads(p.read_text())["collector"])
+            info = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
+        if pid_alive(info["pid"]):  # a killed collector may linger as a zombie
+            out.append(info)
     return out
+
+
+def running_collectors(tree):
+    return [info["collector"] for info in running(tree)]
 
 
 def wait_for(predicate, timeout_s=30):

@@ -2,33 +2,18 @@
 capture. verify names exactly the unfinished file; the next trigger still works."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 
 import pytest
 
-from ossec_dfir._procfs import pid_alive
 from ossec_dfir.verify import verify
 from tests.test_entry import Tree
-from tests.test_lifecycle import LONG_CAPTURE, argv, run, wait_for
+from tests.test_lifecycle import LONG_CAPTURE, argv, run, running, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                 reason="captures need root (CI runs as root)")
-
-
-def running(tree):
-    path = tree.evidence / ".state" / "running"
-    out = []
-    for p in path.glob("*.json") if path.exists() else []:
-        try:
-            info = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if pid_alive(info["pid"]):  # the killed collector may linger as a zombie
-            out.append(info)
-    return out
 
 
 def test_sigkill_mid_write_then_next_trigger(tmp_path):
