@@ -46,7 +46,7 @@ lint: venv
 
 # Regenerate etc/ossec.conf.d/*-active-response.xml from the shipped profiles.
 snippets: venv
-	$(BIN)/python -c 'from ossec_dfir.install import write_snippets; write_snippets("etc/ossec.conf.d")'
+	$(BIN)/python -c 'from ossec_dfir.ossec.install import write_snippets; write_snippets("etc/ossec.conf.d")'
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache

@@ -20,8 +20,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ossec_dfir import config as config_mod, install  # noqa: E402
-from ossec_dfir.simulate import run_ossec, run_wazuh, wazuh_message  # noqa: E402
+from ossec_dfir import config as config_mod  # noqa: E402
+from ossec_dfir.ossec import install  # noqa: E402
+from ossec_dfir.ar.simulate import run_ossec, run_wazuh, wazuh_message  # noqa: E402
 
 
 def percentile(values: list[float], pct: float) -> float:

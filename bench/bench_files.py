@@ -32,11 +32,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ossec_dfir import config as config_mod, hostinfo  # noqa: E402
-from ossec_dfir.collector import build_params, get_collector  # noqa: E402
+from ossec_dfir.collectors.base import build_params, get_collector  # noqa: E402
 from ossec_dfir.config import Profile, Step  # noqa: E402
-from ossec_dfir.request import Request, parse_ip  # noqa: E402
-from ossec_dfir.runner import Runner  # noqa: E402
-from ossec_dfir.store import Store  # noqa: E402
+from ossec_dfir.ar.request import Request, parse_ip  # noqa: E402
+from ossec_dfir.ar.runner import Runner  # noqa: E402
+from ossec_dfir.evidence.store import Store  # noqa: E402
 
 EXTENSIONS = (".txt", ".log", ".php", ".sh", ".bin", ".so", ".conf", ".py")
 

@@ -25,12 +25,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ossec_dfir import config as config_mod, hostinfo, procdump  # noqa: E402
-from ossec_dfir.collector import Context  # noqa: E402
-from ossec_dfir.collectors import _lime  # noqa: E402
-from ossec_dfir.collectors.memory import MemoryParams  # noqa: E402
-from ossec_dfir.request import Request, parse_ip  # noqa: E402
-from ossec_dfir.store import Store  # noqa: E402
+from ossec_dfir import config as config_mod, hostinfo  # noqa: E402
+from ossec_dfir.collectors.memory import procdump  # noqa: E402
+from ossec_dfir.collectors.base import Context  # noqa: E402
+from ossec_dfir.collectors.memory import lime as _lime  # noqa: E402
+from ossec_dfir.collectors.memory.collector import MemoryParams  # noqa: E402
+from ossec_dfir.ar.request import Request, parse_ip  # noqa: E402
+from ossec_dfir.evidence.store import Store  # noqa: E402
 
 MIB = 1 << 20
 RAM_START = 0x100000

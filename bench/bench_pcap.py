@@ -81,7 +81,7 @@ def free_port() -> int:
 
 def count_matching(pcap: bytes, port: int) -> int:
     """Count records of UDP datagrams to 127.0.0.2:port in an Ethernet (lo) pcap."""
-    from ossec_dfir.collectors._pcap_stream import record_order, records
+    from ossec_dfir.collectors.pcap.stream import record_order, records
     order = record_order(pcap[:24])
     if order is None:
         return 0
@@ -132,7 +132,7 @@ def bare_tcpdump(rate: float, seconds: float, noise_ratio: float, workdir: Path)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    from ossec_dfir.collectors._pcap_tcpdump import parse_counters
+    from ossec_dfir.collectors.pcap.tcpdump import parse_counters
     return {**gen, "captured": count_matching(pcap.read_bytes(), port),
             **{f"tcpdump_{k}": v for k, v in parse_counters(err).items()}}
 
@@ -140,11 +140,11 @@ def bare_tcpdump(rate: float, seconds: float, noise_ratio: float, workdir: Path)
 def ours(backend: str, rate: float, seconds: float, noise_ratio: float, workdir: Path,
          only_noise: bool = False) -> dict:
     from ossec_dfir import config as config_mod, hostinfo
-    from ossec_dfir.collector import build_params, get_collector
+    from ossec_dfir.collectors.base import build_params, get_collector
     from ossec_dfir.config import Profile, Step
-    from ossec_dfir.request import Request, parse_ip
-    from ossec_dfir.runner import Runner, request_stop
-    from ossec_dfir.store import Store
+    from ossec_dfir.ar.request import Request, parse_ip
+    from ossec_dfir.ar.runner import Runner, request_stop
+    from ossec_dfir.evidence.store import Store
 
     root = Path(tempfile.mkdtemp(prefix=f"{backend}-{int(rate)}-", dir=workdir))
     os.chmod(root, 0o700)

@@ -57,7 +57,7 @@ def time_tools(lsof: str, ps: str) -> tuple[float, float]:
 
 def time_core() -> tuple[float, float, dict[str, int]]:
     """Run the processes + open files + connections sections into a scratch store."""
-    from ossec_dfir.collectors import triage
+    from ossec_dfir.collectors.triage import collector as triage
     ctx, cleanup = _context()
     try:
         snap = triage.Snapshot(ctx, triage.TriageParams())
@@ -74,9 +74,9 @@ def time_core() -> tuple[float, float, dict[str, int]]:
 def time_full() -> tuple[float, float, dict]:
     """Run the whole triage collector through the real runner into a scratch store."""
     from ossec_dfir import hostinfo
-    from ossec_dfir.collector import build_params, get_collector
+    from ossec_dfir.collectors.base import build_params, get_collector
     from ossec_dfir.config import Profile, Step
-    from ossec_dfir.runner import Runner
+    from ossec_dfir.ar.runner import Runner
     cfg, store, req, cleanup = _store()
     try:
         incident, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
@@ -94,8 +94,8 @@ def time_full() -> tuple[float, float, dict]:
 
 def _store():
     from ossec_dfir import config as config_mod
-    from ossec_dfir.request import Request, parse_ip
-    from ossec_dfir.store import Store
+    from ossec_dfir.ar.request import Request, parse_ip
+    from ossec_dfir.evidence.store import Store
     scratch = tempfile.mkdtemp(prefix="bench-triage-")
     os.mkdir(os.path.join(scratch, "ev"), 0o700)
     conf = os.path.join(scratch, "c.yml")
@@ -114,8 +114,8 @@ def _store():
 def _context():
     import dataclasses
     from ossec_dfir import hostinfo
-    from ossec_dfir.collector import Context
-    from ossec_dfir.collectors.triage import TriageParams
+    from ossec_dfir.collectors.base import Context
+    from ossec_dfir.collectors.triage.collector import TriageParams
     cfg, store, req, cleanup_store = _store()
     incident, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
     params = TriageParams()
@@ -136,7 +136,7 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=500, help="extra idle processes")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per tool")
     args = parser.parse_args()
-    from ossec_dfir.collector import find_binary
+    from ossec_dfir.collectors.base import find_binary
     lsof, ps = find_binary("lsof"), find_binary("ps")
     if not lsof or not ps:
         print("needs lsof and ps (apt-get install lsof procps)", file=sys.stderr)

@@ -135,11 +135,11 @@ def run_collector(work: Path, rules_dir: Path, corpus: Path,
                   threads: int) -> tuple[float, float, set, dict]:
     """Scan with the collector through the runner; return (seconds, cpu s, hits, summary)."""
     from ossec_dfir import config as config_mod, hostinfo
-    from ossec_dfir.collector import build_params, get_collector
+    from ossec_dfir.collectors.base import build_params, get_collector
     from ossec_dfir.config import Profile, Step
-    from ossec_dfir.request import Request
-    from ossec_dfir.runner import Runner
-    from ossec_dfir.store import Store
+    from ossec_dfir.ar.request import Request
+    from ossec_dfir.ar.runner import Runner
+    from ossec_dfir.evidence.store import Store
 
     evidence = Path(tempfile.mkdtemp(dir=work, prefix="evidence-"))
     evidence.chmod(0o700)

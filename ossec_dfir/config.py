@@ -163,7 +163,7 @@ def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:
 def validate(data: dict[str, Any], source: str, ossec_dir: str,
              lines: dict[str, tuple[str, int]] | None = None) -> Config:
     """Validate a merged config mapping; raise ConfigError listing every problem."""
-    from .collector import build_params, load_collectors
+    from .collectors.base import build_params, load_collectors
 
     lines = lines or {}
     problems: list[str] = []

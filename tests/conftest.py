@@ -10,11 +10,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ossec_dfir import config as config_mod  # noqa: E402
-from ossec_dfir.collector import build_params, get_collector  # noqa: E402
+from ossec_dfir.collectors.base import build_params, get_collector  # noqa: E402
 from ossec_dfir.config import Profile, Step  # noqa: E402
-from ossec_dfir.request import Request, parse_ip  # noqa: E402
-from ossec_dfir.runner import Runner  # noqa: E402
-from ossec_dfir.store import Store  # noqa: E402
+from ossec_dfir.ar.request import Request, parse_ip  # noqa: E402
+from ossec_dfir.ar.runner import Runner  # noqa: E402
+from ossec_dfir.evidence.store import Store  # noqa: E402
 
 AR_DIR = ROOT / "active-response"
 

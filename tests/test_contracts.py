@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from ossec_dfir import config as config_mod, install
-from ossec_dfir.collector import Collector, Params, load_collectors
+from ossec_dfir import config as config_mod
+from ossec_dfir.ossec import install
+from ossec_dfir.collectors.base import Collector, Params, load_collectors
 from tests.conftest import AR_DIR, ROOT
 
 REGISTRY = load_collectors()

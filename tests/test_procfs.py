@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import socket
 
-from ossec_dfir import _procfs
-from ossec_dfir.collectors import _triage_net
+from ossec_dfir import procfs
+from ossec_dfir.collectors.triage import net as _triage_net
 
 
 def test_socket_tables_with_more_than_a_page_of_sockets():
@@ -17,7 +17,7 @@ def test_socket_tables_with_more_than_a_page_of_sockets():
             c = socket.create_connection(listener.getsockname())
             clients.append(c)
             accepted.append(listener.accept()[0])
-        text = _procfs.read_text("/proc/self/net/tcp", 64 << 20)
+        text = procfs.read_text("/proc/self/net/tcp", 64 << 20)
         assert len(text) > 300 * 150
         inet, _, _ = _triage_net.socket_tables()
         client_side = {c["local_port"] for c in inet if c["remote_ip"] == "127.0.0.6"}

@@ -1,1 +1,2 @@
-"""Collector plugins: every public module here registers one or more collectors."""
+"""Collector plugins: ``base`` (params, context, registry), shared helpers
+(``walk``, ``suspects``) and one module or folder per collector."""

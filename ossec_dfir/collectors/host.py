@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 
 from .. import hostinfo
-from ..collector import Collector, Context, Params, Result, register
+from .base import Collector, Context, Params, Result, register
 
 
 @dataclass(frozen=True)

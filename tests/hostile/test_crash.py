@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from ossec_dfir.verify import verify
-from tests.test_entry import Tree
-from tests.test_lifecycle import LONG_CAPTURE, argv, run, running, wait_for
+from ossec_dfir.evidence.verify import verify
+from tests.ar.test_entry import Tree
+from tests.ar.test_lifecycle import LONG_CAPTURE, argv, run, running, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                 reason="captures need root (CI runs as root)")

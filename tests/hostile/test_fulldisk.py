@@ -13,7 +13,7 @@ import time
 import pytest
 
 from ossec_dfir import config as config_mod
-from ossec_dfir.verify import verify
+from ossec_dfir.evidence.verify import verify
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (CI runs as root)")
 
@@ -45,10 +45,10 @@ def load(tmp_path, root):
 
 def run_one(cfg, name, params, srcip="127.0.0.2"):
     from ossec_dfir import hostinfo
-    from ossec_dfir.collector import build_params, get_collector
+    from ossec_dfir.collectors.base import build_params, get_collector
     from ossec_dfir.config import Profile, Step
-    from ossec_dfir.runner import Runner
-    from ossec_dfir.store import Store
+    from ossec_dfir.ar.runner import Runner
+    from ossec_dfir.evidence.store import Store
     from tests.conftest import make_request
     store = Store(cfg.evidence_root, cfg.reserve_bytes, cfg.grouping_window_s)
     req = make_request(srcip)

@@ -7,10 +7,10 @@ import os
 import time
 from datetime import datetime, timedelta, timezone
 
-from ossec_dfir.cli import main
-from ossec_dfir.simulate import run_ossec
-from ossec_dfir.verify import verify
-from tests.test_entry import Tree
+from ossec_dfir.cli.main import main
+from ossec_dfir.ar.simulate import run_ossec
+from ossec_dfir.evidence.verify import verify
+from tests.ar.test_entry import Tree
 
 
 def test_link_planted_at_the_next_run_directory(config_file, evidence_root, tmp_path, capsys):

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ossec_dfir.store import Store
-from ossec_dfir.verify import verify
-from ossec_dfir.worker import busy_slots
-from tests.test_entry import Tree
+from ossec_dfir.evidence.store import Store
+from ossec_dfir.evidence.verify import verify
+from ossec_dfir.ar.worker import busy_slots
+from tests.ar.test_entry import Tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                 reason="captures need root (CI runs as root)")

@@ -1,0 +1,265 @@
+"""The detached worker: a queue of jobs and a fixed number of worker slots.
+
+The AR entry point records the trigger, writes a job file into
+``.state/queue/`` and, when it can take one of ``max_workers`` slot locks
+without waiting, starts a worker that inherits the lock and runs detached
+(new session, stdio on /dev/null, no inherited descriptors). A worker takes
+jobs until the queue is empty, so an alert storm never runs more than
+``max_workers`` collections at once and never loses a trigger.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..evidence import fs
+from . import log as arlog
+from ..procfs import flocked_files, pid_alive
+from ..config import Config, load
+from ..errors import ConfigError, DfirError, StoreError
+from .request import Request
+from .runner import Runner
+from ..evidence.store import Store, canonical_json
+
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
+         "from ossec_dfir.ar.worker import main; sys.exit(main(sys.argv[2:]))")
+WORKER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def open_store(config: Config, create: bool = True) -> Store:
+    """Open the evidence store the config names."""
+    return Store(config.evidence_root, reserve_bytes=config.reserve_bytes,
+                 grouping_window_s=config.grouping_window_s, create=create)
+
+
+def enqueue(store: Store, job: dict[str, Any]) -> str:
+    """Write a job atomically into .state/queue/ and return its name."""
+    name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}.json"
+    dfd = store.state_dir_fd("queue")
+    try:
+        tmp = "." + name
+        fd = fs.create_file_at(dfd, tmp)
+        try:
+            fs.write_all(fd, canonical_json(job).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    return name
+
+
+def queued_jobs(store: Store) -> list[str]:
+    """List queued job names, oldest first."""
+    dfd = store.state_dir_fd("queue")
+    try:
+        return sorted(n for n in os.listdir(dfd) if n.endswith(".json") and not n.startswith("."))
+    finally:
+        os.close(dfd)
+
+
+def claim_job(store: Store) -> tuple[str, dict[str, Any]] | None:
+    """Take the oldest queued job (atomic rename into .state/claimed/<our pid>.<name>)."""
+    qfd = store.state_dir_fd("queue")
+    cfd = store.state_dir_fd("claimed")
+    try:
+        for queued in sorted(n for n in os.listdir(qfd)
+                             if n.endswith(".json") and not n.startswith(".")):
+            name = f"{os.getpid()}.{queued}"
+            try:
+                os.rename(queued, name, src_dir_fd=qfd, dst_dir_fd=cfd)
+            except FileNotFoundError:
+                continue  # another worker took it
+            try:
+                fd = fs.open_read_at(cfd, name)
+                with os.fdopen(fd, "rb") as fh:
+                    return name, json.loads(fh.read(1 << 22))
+            except (OSError, ValueError):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=cfd)
+                continue
+        return None
+    finally:
+        os.close(qfd)
+        os.close(cfd)
+
+
+def done_job(store: Store, name: str) -> None:
+    """Remove a finished job from .state/claimed/."""
+    cfd = store.state_dir_fd("claimed")
+    try:
+        os.unlink(name, dir_fd=cfd)
+    except OSError:
+        pass
+    finally:
+        os.close(cfd)
+
+
+def reap_orphans(config: Config, store: Store) -> int:
+    """Record as failed the jobs whose worker died (SIGKILL, OOM, reboot); return how many.
+
+    The incident gets an ``outcome`` entry and the log an ``outcome=failed``
+    line, so the manager alerts on a collection that never finished.
+    """
+    cfd = store.state_dir_fd("claimed")
+    reaped = 0
+    try:
+        for name in os.listdir(cfd):
+            pid_text, _, _ = name.partition(".")
+            if not pid_text.isdigit() or pid_alive(int(pid_text)):
+                continue
+            try:
+                fd = fs.open_read_at(cfd, name)
+                with os.fdopen(fd, "rb") as fh:
+                    job = json.loads(fh.read(1 << 22))
+                request = Request.from_record(job["request"])
+                reason = f"worker {pid_text} died before the collection ended"
+                incident = store.open_incident(job["incident"])
+                try:
+                    tip = incident.record({"type": "outcome", "trigger": job["trigger"],
+                                           "command": request.command, "outcome": "failed",
+                                           "reason": reason})
+                finally:
+                    incident.close()
+                log_outcome(config, request, job["incident"], "failed", [], reason, tip)
+            except (OSError, ValueError, KeyError, DfirError):
+                pass
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=cfd)
+            reaped += 1
+    finally:
+        os.close(cfd)
+    return reaped
+
+
+def try_slot(store: Store, max_workers: int) -> int | None:
+    """Take a free worker slot lock without waiting; return its fd or None."""
+    return store.try_slot("slots", max_workers)
+
+
+def busy_slots(store: Store, max_workers: int) -> int:
+    """Count the worker slots held right now, from /proc/locks.
+
+    Never by taking the locks ourselves: an AR invocation finding every slot
+    busy for that moment would queue its job with no worker left to take it.
+    """
+    held = flocked_files()
+    busy = 0
+    for i in range(max_workers):
+        try:
+            st = os.stat(store.state_path("slots", f"{i}.lock"), follow_symlinks=False)
+        except OSError:
+            continue
+        busy += (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held
+    return busy
+
+
+def spawn(slot_fd: int, config_path: str, ossec_dir: str) -> int:
+    """Start a detached worker holding slot_fd; return its pid (we do not wait)."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    argv = [sys.executable, "-I", "-c", _BOOT, pkg_parent, "--slot-fd", str(slot_fd),
+            "--config", config_path, "--ossec-dir", ossec_dir]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(slot_fd,),
+                            start_new_session=True, cwd="/", env=WORKER_ENV)
+    return proc.pid
+
+
+def run_job(config: Config, store: Store, job: dict[str, Any],
+            slot_fds: tuple[int, ...] = (), handoff: Any = None) -> str:
+    """Run one job's profile in its incident and log the outcome line."""
+    request = Request.from_record(job["request"])
+    incident = store.open_incident(job["incident"])
+    try:
+        if time.time() - float(job.get("queued", 0)) > config.queue_max_age_s:
+            outcome, reason = "failed", f"waited longer than queue_max_age_s=" \
+                                        f"{config.queue_max_age_s:g} in the queue"
+            incident.record({"type": "collector", "collector": "*", "trigger": job["trigger"],
+                             "outcome": "skipped", "reason": reason})
+            outcomes: list[Any] = []
+        else:
+            runner = Runner(config, store, incident, request, job["trigger"],
+                            child_close_fds=slot_fds, on_only_background=handoff)
+            outcome = runner.run_profile(config.profile(request.command))
+            outcomes = runner.outcomes
+            reason = "; ".join(f"{o.collector}: {o.reason}" for o in outcomes if o.reason)
+        tip = incident.record({"type": "outcome", "trigger": job["trigger"],
+                               "command": request.command, "outcome": outcome})
+        log_outcome(config, request, incident.id, outcome, outcomes, reason, tip)
+        return outcome
+    finally:
+        incident.close()
+
+
+def log_outcome(config: Config, request: Request, incident_id: str, outcome: str,
+                outcomes: list[Any], reason: str, tip: dict[str, Any]) -> None:
+    """Write the final parseable outcome line of one collection."""
+    import hashlib
+    arlog.outcome(config.log_file, {
+        "outcome": outcome, "command": request.command,
+        "srcip": str(request.srcip) if request.srcip else "-",
+        "incident": incident_id,
+        "steps": ",".join(f"{o.collector}:{o.outcome}" for o in outcomes) or "-",
+        "manifest_sha256": hashlib.sha256((canonical_json(tip) + "\n").encode()).hexdigest(),
+        "reason": reason or "-"})
+
+
+def main(argv: list[str]) -> int:
+    """Worker entry: drain the queue while holding a slot, then exit."""
+    args = dict(zip(argv[::2], argv[1::2]))
+    slot = {"fd": int(args["--slot-fd"])}
+    ossec_dir = args["--ossec-dir"]
+    try:
+        config = load(args["--config"] or None, ossec_dir)
+        store = open_store(config)
+    except (ConfigError, StoreError):
+        return 3
+
+    reap_orphans(config, store)
+
+    def handoff() -> None:
+        """Only continuous collectors (captures) are left: give the slot to a new worker."""
+        if slot["fd"] is not None:
+            try:
+                spawn(slot["fd"], args["--config"], ossec_dir)
+            except OSError:
+                return  # keep the slot and simply wait
+            os.close(slot["fd"])
+            slot["fd"] = None
+
+    while True:
+        claimed = claim_job(store)
+        if claimed is None:
+            if slot["fd"] is not None:
+                os.close(slot["fd"])
+                slot["fd"] = None
+            # A job queued while we were releasing the slot would otherwise wait.
+            if not queued_jobs(store):
+                return 0
+            slot["fd"] = try_slot(store, config.max_workers)
+            if slot["fd"] is None:
+                return 0
+            continue
+        name, job = claimed
+        try:
+            run_job(config, store, job, (slot["fd"],) if slot["fd"] is not None else (),
+                    handoff)
+        except (DfirError, KeyError, ValueError, OSError) as err:
+            arlog.outcome(config.log_file, {"outcome": "failed",
+                                            "command": job.get("request", {}).get("command"),
+                                            "incident": job.get("incident"),
+                                            "reason": f"{type(err).__name__}: {err}"})
+        finally:
+            done_job(store, name)
+        if slot["fd"] is None:
+            return 0  # the slot went to another worker with the capture hand-off
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+"""Setting up: install into an OSSEC/Wazuh tree, check the config, simulate execd."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..ar.simulate import find_script, ossec_argv, run_ossec, run_wazuh, wazuh_message
+from ..config import Config
+from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE
+from ..ossec import install as ossec_install
+from .common import load_config
+
+
+def rule_problems(config: Config) -> list[str]:
+    """Return the problems of every YARA rules directory the profiles use (file and line)."""
+    from ..collectors.yara import rules as _yararules
+    from ..collectors.yara.collector import resolve_rules_dirs
+    problems: list[str] = []
+    checked: set[tuple[str, ...]] = set()
+    for name, profile in sorted(config.profiles.items()):
+        for i, step in enumerate(profile.steps):
+            if step.collector != "yara":
+                continue
+            dirs = tuple(resolve_rules_dirs(config.ossec_dir, step.params.rules_dirs))
+            if dirs in checked:
+                continue
+            checked.add(dirs)
+            problems += [f"profiles.{name}.steps[{i}] (yara rules): {p}"
+                         for p in _yararules.check_rules(dirs)]
+    return problems
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration and the YARA rules it uses; list the profiles."""
+    config = load_config(args)
+    problems = rule_problems(config)
+    for problem in problems:
+        print(f"{config.source}: {problem}")
+    print(f"{config.source}: {'OK' if not problems else 'PROBLEMS'}")
+    for name, profile in sorted(config.profiles.items()):
+        print(f"  {name}: " + " -> ".join(
+            s.collector + (" (background)" if s.background else "") for s in profile.steps))
+    return EXIT_COMPLETE if not problems else EXIT_BAD_INPUT
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """Install the AR executables and config into --ossec-dir; print the conf snippet."""
+    config = load_config(args)
+    problems = ossec_install.unsafe_code_paths() if os.geteuid() == 0 else []
+    if problems and not args.allow_unsafe_paths:
+        print("refusing to install: execd would run, as root, code that others can change:")
+        for problem in problems:
+            print(f"  {problem}")
+        print("install ossec-dfir in a root-owned virtualenv (e.g. /opt/ossec-dfir), or pass "
+              "--allow-unsafe-paths for a test tree")
+        return 2
+    flavor = args.flavor if args.flavor != "auto" else ossec_install.detect_flavor(args.ossec_dir)
+    for line in ossec_install.install(config, args.ossec_dir, args.edit_ossec_conf, flavor):
+        print(line)
+    print(f"\nAdd to {os.path.join(args.ossec_dir, 'etc', 'ossec.conf')} ({flavor}):\n")
+    print(ossec_install.conf_snippet(ossec_install.commands(config), flavor))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run an AR executable as OSSEC's or Wazuh's execd would, and print what happened."""
+    script = args.script or find_script(args.command, args.ossec_dir)
+    env = dict(os.environ)
+    if args.config:
+        env["OSSEC_DFIR_CONFIG"] = os.path.abspath(args.config)
+    if args.protocol == "ossec":
+        argv = ossec_argv(script, args.action, args.srcip, args.user, args.alert_id,
+                          args.rule_id, args.location, args.filename, args.manual)
+        result = run_ossec(argv, env)
+        print("execd (OSSEC) ran: " + " ".join(argv))
+    else:
+        msg = wazuh_message(args.action, args.srcip, args.rule_id, args.alert_id, args.command)
+        result = run_wazuh(script, msg, None if args.check_keys == "none" else args.check_keys,
+                           env, cwd=args.ossec_dir if os.path.isdir(args.ossec_dir) else "/")
+        print("execd (Wazuh) sent: " + json.dumps(msg))
+        if result.check_keys:
+            print(f"script answered: {json.dumps(result.check_keys)}; execd replied "
+                  f"{args.check_keys}")
+    print(f"exit code {result.returncode} after {result.exit_s * 1000:.1f} ms")
+    return result.returncode
+
+
+def add_parsers(sub: argparse._SubParsersAction, parents: list) -> None:
+    """Register install, check-config and simulate."""
+    p = sub.add_parser("install", help=cmd_install.__doc__, parents=parents)
+    p.add_argument("--flavor", choices=("auto", "ossec", "wazuh"), default="auto")
+    p.add_argument("--edit-ossec-conf", action="store_true",
+                   help="append the blocks to ossec.conf (after a backup)")
+    p.add_argument("--allow-unsafe-paths", action="store_true",
+                   help="install even if the interpreter or package is writable by non-root")
+    p.set_defaults(func=cmd_install)
+    p = sub.add_parser("check-config", help=cmd_check_config.__doc__, parents=parents)
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("simulate", help=cmd_simulate.__doc__, parents=parents)
+    p.add_argument("command", help="AR command, e.g. dfir-pcap")
+    p.add_argument("--srcip")
+    p.add_argument("--protocol", choices=("ossec", "wazuh"), default="ossec")
+    p.add_argument("--action", choices=("add", "delete"), default="add")
+    p.add_argument("--user")
+    p.add_argument("--rule-id", default="100100")
+    p.add_argument("--alert-id", default=None)
+    p.add_argument("--location", default="/var/log/auth.log")
+    p.add_argument("--filename")
+    p.add_argument("--manual", action="store_true",
+                   help="as agent_control -b: (from_the_server) (no_rule_id)")
+    p.add_argument("--check-keys", choices=("continue", "abort", "none"), default="continue")
+    p.add_argument("--script", help="executable to run (default: installed, then checkout)")
+    p.set_defaults(func=cmd_simulate)

@@ -1,0 +1,1 @@
+"""ossec_dfir.collectors.files."""

@@ -1,0 +1,200 @@
+"""pcap: capture the attacker's traffic (to and from srcip), bounded and drop-counted.
+
+The capture starts on the AR ``add`` in the detached worker and ends on the
+first of: the AR ``delete`` (or ``ossec-dfir stop``), ``duration_s``,
+``max_bytes``, ``max_packets``, the store's free-space reserve, ``timeout_s``
+or SIGTERM. The filter is built only from the validated srcip object. Two
+backends: tcpdump (when installed) writing pcap to a pipe the evidence writer
+reads, or a native AF_PACKET socket with the filter compiled to classic BPF in
+the kernel. Afterwards scapy summarises the capture (directions, flows, DNS,
+TLS SNI, HTTP requests).
+
+Evidence (``pcap/<NN>/``): ``capture.pcap``, ``capture.json`` (backend, filter,
+counters, stop reason), ``summary.json`` (when ``summary`` is true).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..base import BINARY_DIRS, Collector, Context, Params, Result, register
+from ...evidence.store import utc_now
+
+BACKENDS = ("auto", "tcpdump", "native")
+INTERFACE_RE = re.compile(r"^(any|[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14})$")
+SYSFS_NET = "/sys/class/net"
+MAX_SNAPLEN = 262144
+NORMAL_STOPS = ("delete received", "stopped by hand (ossec-dfir stop)")
+
+
+@dataclass(frozen=True)
+class PcapParams(Params):
+    """Parameters of the pcap collector."""
+
+    timeout_s: float = 720.0          # whole run: capture, then the summary
+    duration_s: float = 600.0         # capture length when no delete arrives
+    interface: str = "any"            # an interface name, or any
+    backend: str = "auto"             # auto (tcpdump if installed), tcpdump or native
+    max_bytes: int = 1 << 30          # capture file size (0: only the reserve)
+    max_packets: int = 10_000_000     # packets written (0: no limit)
+    snaplen_bytes: int = MAX_SNAPLEN  # bytes kept per packet
+    buffer_bytes: int = 32 << 20      # kernel capture buffer (tcpdump -B / ring size)
+    summary: bool = True              # write summary.json with scapy
+    summary_max_packets: int = 200_000  # packets the summary reads at most (0: all)
+
+    def validate(self) -> list[str]:
+        """Return the problems of these parameters."""
+        problems = []
+        if not INTERFACE_RE.match(self.interface):
+            problems.append(f"interface: {self.interface!r} is not an interface name")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend: must be one of {', '.join(BACKENDS)}")
+        if not 0 < self.duration_s <= self.timeout_s:
+            problems.append("duration_s: must be above 0 and at most timeout_s")
+        if not 64 <= self.snaplen_bytes <= MAX_SNAPLEN:
+            problems.append(f"snaplen_bytes: must be between 64 and {MAX_SNAPLEN}")
+        if not 1 << 20 <= self.buffer_bytes <= 1 << 30:
+            problems.append("buffer_bytes: must be between 1 MiB and 1 GiB")
+        return problems
+
+
+@register
+class PcapCollector(Collector):
+    """Capture packets to and from the alert's srcip until delete or a limit."""
+
+    name = "pcap"
+    description = ("Packet capture of the alert's srcip (tcpdump or native AF_PACKET+BPF), "
+                   "bounded by duration, bytes, packets and the reserve, with a summary.")
+    params_type = PcapParams
+    requires_root = True
+    stops_on_delete = True
+    nice = 0
+
+    def check(self, ctx: Context, params: Params) -> str | None:
+        """Return why no capture can run: no srcip, no interface, no backend."""
+        assert isinstance(params, PcapParams)
+        if ctx.request.srcip is None:
+            return "no srcip in the alert: the capture filter is built only from it"
+        if params.interface != "any" and not os.path.isdir(
+                os.path.join(SYSFS_NET, params.interface)):
+            return f"interface {params.interface} does not exist on this host"
+        backend, reason = _choose_backend(ctx, params)
+        return reason if backend is None else None
+
+    def run(self, ctx: Context, params: Params) -> Result:
+        """Capture into capture.pcap, record counters, then summarise."""
+        assert isinstance(params, PcapParams)
+        from . import native as _pcap_native, tcpdump as _pcap_tcpdump
+        from .stream import PcapSink
+
+        ip = ctx.request.srcip
+        backend, why_not = _choose_backend(ctx, params)
+        if backend is None:
+            from ...errors import Skipped
+            raise Skipped(why_not or "no capture backend")
+        started_at = time.monotonic()
+
+        def stop() -> str | None:
+            reason = ctx.should_stop()
+            if reason is None and time.monotonic() - started_at >= params.duration_s:
+                reason = f"duration_s={params.duration_s:g} reached"
+            return reason
+
+        meta = {"filter": f"host {ip}", "backend": backend, "interface": params.interface}
+        started = utc_now()
+        with ctx.writer("capture.pcap", meta=meta) as writer:
+            sink = PcapSink(writer, params.max_bytes, params.max_packets)
+            if backend == "tcpdump":
+                tcpdump = ctx.binary("tcpdump") or ""
+                argv = _pcap_tcpdump.build_argv(tcpdump, ip, params.interface,
+                                                params.snaplen_bytes, params.buffer_bytes)
+                stats = _pcap_tcpdump.capture(argv, sink, stop, {"PATH": ":".join(BINARY_DIRS),
+                                                                 "LC_ALL": "C"})
+            else:
+                stats = _pcap_native.capture(ip, params.interface, sink, params.snaplen_bytes,
+                                             params.buffer_bytes, stop)
+            if sink.limit:
+                writer.mark_partial(sink.limit)
+        stats.update({"filter": meta["filter"], "interface": params.interface,
+                      "started": started, "ended": utc_now(),
+                      "elapsed_s": round(time.monotonic() - started_at, 3),
+                      "packets_written": sink.packets, "bytes_written": writer.size,
+                      "sha256": writer.sha256})
+        result = _judge(stats)
+        ctx.write_json("capture.json", stats)
+        result.summary.update({k: stats.get(k) for k in (
+            "backend", "filter", "interface", "packets_written", "bytes_written",
+            "received_by_filter", "dropped_by_kernel", "captured", "stop_reason",
+            "elapsed_s")})
+        if params.summary:
+            self._summarise(ctx, params, writer.relpath, result)
+        return result
+
+    def _summarise(self, ctx: Context, params: PcapParams, relpath: str, result: Result) -> None:
+        """Write summary.json from the closed capture file."""
+        from .summary import summarize
+        try:
+            import scapy  # noqa: F401
+        except ImportError:
+            # The pcap is whole; the summary can be made later from it.
+            result.summary["summary"] = ("skipped: scapy is not installed for this Python "
+                                         "(Debian: apt install python3-scapy)")
+            return
+
+        def keep_going() -> bool:
+            return not ctx.terminated and ctx.time_left() > 0
+
+        try:
+            fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=ctx.incident.dir_fd)
+        except OSError as err:
+            result.degrade(f"summary: cannot reopen the capture: {err.strerror}")
+            return
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                doc = summarize(fh, ctx.request.srcip, params.summary_max_packets, keep_going)
+        except Exception as err:  # noqa: BLE001 - scapy on attacker bytes
+            ctx.note(f"summary failed: {type(err).__name__}: {err}")
+            result.degrade("summary failed")
+            return
+        ctx.write_json("summary.json", doc)
+        result.summary["summary"] = "written"
+        if doc.get("truncated"):
+            ctx.note(f"summary truncated: {doc['truncated']}")
+        result.summary["flows"] = len(doc["flows"])
+
+
+def _choose_backend(ctx: Context, params: PcapParams) -> tuple[str | None, str | None]:
+    """Return (backend, None) or (None, why no backend can capture here)."""
+    from . import native as _pcap_native
+    tcpdump = ctx.binary("tcpdump")
+    if params.backend in ("auto", "tcpdump") and tcpdump:
+        return "tcpdump", None
+    if params.backend == "tcpdump":
+        return None, ("backend tcpdump: tcpdump not found (looked in " + ":".join(BINARY_DIRS)
+                      + " and the config's binaries:)")
+    why = _pcap_native.available()
+    if why:
+        return None, f"backend native: {why}"
+    return "native", None
+
+
+def _judge(stats: dict[str, Any]) -> Result:
+    """Return the outcome of a capture from its stats."""
+    result = Result()
+    reason = stats.get("stop_reason") or ""
+    if stats["backend"] == "tcpdump" and not stats.get("packets_written") and \
+            reason.startswith("tcpdump exited"):
+        last = (stats.get("stderr") or "").strip().splitlines()[-1:] or ["(no message)"]
+        return Result("failed", f"{reason}: {last[0][:300]}")
+    if stats.get("limit"):
+        result.degrade(stats["limit"])
+    elif not (reason in NORMAL_STOPS or reason.startswith("duration_s=")):
+        result.degrade(f"capture stopped early: {reason}")
+    dropped = int(stats.get("dropped_by_kernel") or 0)
+    if dropped:
+        result.degrade(f"{dropped} packets dropped by the kernel")
+    return result

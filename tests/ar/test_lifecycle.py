@@ -1,0 +1,130 @@
+"""add/delete lifecycle through the real executables with a long-running capture:
+delete overtaking add, a second add while a capture runs, no descriptor leaked
+to the detached worker. Needs root (CI runs as root)."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+
+import pytest
+
+from ossec_dfir.procfs import pid_alive
+from ossec_dfir.evidence.verify import verify
+from tests.ar.test_entry import Tree
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
+                                reason="captures need root (CI runs as root)")
+
+LONG_CAPTURE = ("profiles:\n  dfir-pcap:\n    steps:\n      - collector: pcap\n"
+                "        params: {duration_s: 120, timeout_s: 180, interface: lo, "
+                "summary: false}\n")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return Tree(tmp_path, LONG_CAPTURE)
+
+
+def argv(tree, action, ip="127.0.0.2"):
+    return [tree.script("dfir-pcap"), action, "-", ip, "1764376501.77", "100100",
+            "/var/log/auth.log", "-"]
+
+
+def run(cmd):
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, cwd="/", timeout=30).returncode
+
+
+def running(tree):
+    """Return the status records of the collectors running now (as ossec-dfir status)."""
+    path = tree.evidence / ".state" / "running"
+    out = []
+    for p in path.glob("*.json") if path.exists() else []:
+        try:
+            info = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(info["pid"]):  # a killed collector may linger as a zombie
+            out.append(info)
+    return out
+
+
+def running_collectors(tree):
+    return [info["collector"] for info in running(tree)]
+
+
+def wait_for(predicate, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def collector_entries(tree, name):
+    [incident] = tree.incidents()
+    manifest = (tree.evidence / incident / "manifest.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, manifest)
+            if e["type"] == "collector" and e["collector"] == name]
+
+
+def test_delete_overtaking_add_still_ends_the_capture(tree):
+    assert run(argv(tree, "add")) == 0
+    assert run(argv(tree, "delete")) == 0  # at once: the worker may not have started
+    # The capture is 120 s long; the outcome only comes this early if delete stopped it.
+    outcome = tree.wait_outcome(1, timeout_s=45)[0]
+    assert "command=dfir-pcap" in outcome
+    [entry] = collector_entries(tree, "pcap")
+    assert entry["outcome"] == "complete"  # ending on delete is the normal end
+    assert json.dumps(entry["summary"]).count("delete received") >= 1, entry["summary"]
+    [incident] = tree.incidents()
+    triggers = (tree.evidence / incident / "triggers.jsonl").read_text().splitlines()
+    assert [json.loads(t)["action"] for t in triggers] == ["add", "delete"]
+    assert verify(str(tree.evidence / incident)).ok
+
+
+def test_second_add_starts_nothing_but_is_recorded(tree):
+    assert run(argv(tree, "add")) == 0
+    assert wait_for(lambda: "pcap" in running_collectors(tree)), "capture never started"
+    assert run(argv(tree, "add")) == 0
+    assert wait_for(lambda: len(collector_entries(tree, "pcap")) == 1)
+    [skipped] = collector_entries(tree, "pcap")
+    assert skipped["outcome"] == "skipped" and "already running" in skipped["reason"]
+    assert running_collectors(tree).count("pcap") == 1
+    assert run(argv(tree, "delete")) == 0
+    outcomes = tree.wait_outcome(2, timeout_s=45)
+    assert sum("outcome=duplicate" in line for line in outcomes) == 1  # no partial alert
+    entries = collector_entries(tree, "pcap")
+    assert sorted(e["outcome"] for e in entries)[0] in ("complete", "partial")
+    [incident] = tree.incidents()
+    pcaps = list((tree.evidence / incident / "pcap").rglob("*.pcap"))
+    assert len(pcaps) == 1
+    triggers = (tree.evidence / incident / "triggers.jsonl").read_text().splitlines()
+    assert [json.loads(t)["action"] for t in triggers] == ["add", "add", "delete"]
+    assert verify(str(tree.evidence / incident)).ok
+
+
+def test_worker_inherits_no_descriptor_and_execd_sees_eof(tree):
+    """execd's queue socket leaks into the script as fd 3; the detached worker must
+    not keep it (nor stdout) open, or Wazuh's execd would block on it."""
+    leak_r, leak_w = os.pipe()
+    out_r, out_w = os.pipe()
+    proc = subprocess.Popen(argv(tree, "add"), stdin=subprocess.DEVNULL, stdout=out_w,
+                            stderr=subprocess.DEVNULL, cwd="/", pass_fds=(leak_w,))
+    os.close(leak_w)
+    os.close(out_w)
+    try:
+        assert proc.wait(timeout=30) == 0
+        for fd in (leak_r, out_r):
+            ready, _, _ = select.select([fd], [], [], 10)
+            assert ready and os.read(fd, 1) == b"", "a detached process holds execd's fd"
+        assert wait_for(lambda: "pcap" in running_collectors(tree))
+    finally:
+        os.close(leak_r)
+        os.close(out_r)
+        run(argv(tree, "delete"))
+        tree.wait_outcome(1, timeout_s=45)

@@ -1,0 +1,81 @@
+"""The runner: one failed collector never stops the next; limits and skips are recorded."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from ossec_dfir import hostinfo
+from ossec_dfir.collectors.base import REGISTRY, Collector, Params, Result, build_params
+from ossec_dfir.config import Profile, Step
+from ossec_dfir.errors import Skipped
+from ossec_dfir.ar.runner import Runner
+from tests.conftest import make_request
+
+
+@dataclass(frozen=True)
+class BehaveParams(Params):
+    timeout_s: float = 30.0
+    behaviour: str = "ok"
+
+
+class Behave(Collector):
+    """A test collector doing what its parameter says (registered only in tests)."""
+
+    name = "test-behave"
+    description = "test"
+    params_type = BehaveParams
+
+    def run(self, ctx, params):
+        if params.behaviour == "raise":
+            raise ValueError("collector bug")
+        if params.behaviour == "skip":
+            raise Skipped("nothing to do here")
+        if params.behaviour == "hang":
+            while True:  # ignores should_stop and SIGTERM: must be killed
+                time.sleep(0.05)
+        if params.behaviour == "exit":
+            os._exit(9)
+        ctx.write_bytes("out.txt", b"ok")
+        return Result(summary={"done": True})
+
+
+def run_steps(config, store, behaviours, timeout_s=30.0):
+    REGISTRY.setdefault(Behave.name, Behave)
+    steps = tuple(Step(Behave.name, build_params(Behave, {"behaviour": b, "timeout_s": timeout_s}))
+                  for b in behaviours)
+    req = make_request("192.0.2.200")
+    incident, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
+    runner = Runner(config, store, incident, req, "t")
+    try:
+        return runner.run_profile(Profile("t", "", steps)), runner.outcomes, incident.manifest()
+    finally:
+        incident.close()
+
+
+def test_a_failing_collector_does_not_stop_the_next(config, store):
+    overall, outcomes, manifest = run_steps(config, store, ["raise", "exit", "skip", "ok"])
+    assert [o.outcome for o in outcomes] == ["failed", "failed", "skipped", "complete"]
+    assert "ValueError: collector bug" in outcomes[0].reason
+    assert "exit status 9" in outcomes[1].reason
+    assert outcomes[2].reason == "nothing to do here"
+    assert overall == "partial"
+    entries = [e for e in manifest if e["type"] == "collector"]
+    assert [e["outcome"] for e in entries] == ["failed", "failed", "skipped", "complete"]
+
+
+def test_a_collector_past_its_timeout_is_killed(config, store, monkeypatch):
+    from ossec_dfir.ar import runner
+    monkeypatch.setattr(runner, "GRACE_S", 0.5)
+    started = time.monotonic()
+    overall, outcomes, _ = run_steps(config, store, ["hang"], timeout_s=1.0)
+    assert outcomes[0].outcome == "failed" and "killed" in outcomes[0].reason
+    assert overall == "failed"
+    assert time.monotonic() - started < 30
+
+
+def test_all_complete_is_complete(config, store):
+    overall, outcomes, manifest = run_steps(config, store, ["ok", "ok"])
+    assert overall == "complete"
+    files = [e for e in manifest if e["type"] == "file" and e["collector"] == Behave.name]
+    assert [f["path"] for f in files] == ["test-behave/01/out.txt", "test-behave/02/out.txt"]

@@ -1,0 +1,112 @@
+"""verify: flipped bytes, deleted, extra and unfinished files, removed manifest lines."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ossec_dfir.evidence.verify import verify
+
+
+@pytest.fixture
+def incident(store):
+    inc, _ = store.incident_for("192.0.2.9", lambda: {"hostname": "t"}, {"trigger_id": "t"})
+    inc.append_trigger({"trigger_id": "t", "action": "add"})
+    for name in ("a.bin", "b.bin", "c.bin"):
+        with inc.writer("test", f"test/01/{name}") as w:
+            w.write(os.urandom(4096))
+    yield inc
+    inc.close()
+
+
+def kinds(report):
+    return sorted((p["kind"], p["path"]) for p in report.problems)
+
+
+def test_intact_incident_verifies(incident):
+    report = verify(incident.path)
+    assert report.ok and report.files_checked == 4  # incident.json + 3
+
+
+def test_one_flipped_byte_is_found(incident):
+    path = os.path.join(incident.path, "test/01/b.bin")
+    data = bytearray(open(path, "rb").read())
+    data[1234] ^= 0x01
+    open(path, "wb").write(data)
+    assert kinds(verify(incident.path)) == [("modified", "test/01/b.bin")]
+
+
+def test_deleted_file_is_found(incident):
+    os.unlink(os.path.join(incident.path, "test/01/c.bin"))
+    assert kinds(verify(incident.path)) == [("missing", "test/01/c.bin")]
+
+
+def test_extra_file_is_found(incident):
+    open(os.path.join(incident.path, "test/01/planted.sh"), "w").write("x")
+    assert kinds(verify(incident.path)) == [("extra", "test/01/planted.sh")]
+
+
+def test_removed_middle_manifest_line_breaks_the_chain(incident):
+    path = os.path.join(incident.path, "manifest.jsonl")
+    lines = open(path, "rb").read().splitlines(True)
+    del lines[4]
+    open(path, "wb").write(b"".join(lines))
+    report = verify(incident.path)
+    assert not report.ok
+    assert any(p["kind"] == "chain" for p in report.problems)
+
+
+def test_removed_last_manifest_line_leaves_an_unrecorded_file(incident):
+    path = os.path.join(incident.path, "manifest.jsonl")
+    lines = open(path, "rb").read().splitlines(True)
+    tip_before = verify(incident.path).tip_sha256
+    open(path, "wb").write(b"".join(lines[:-1]))  # the "file" entry of c.bin
+    report = verify(incident.path)
+    assert ("unfinished", "test/01/c.bin") in kinds(report)
+    assert ("modified", "SHA256SUMS") in kinds(report)
+    # and the tip from the outcome log line exposes it too
+    assert any(p["kind"] == "chain" for p in verify(incident.path, tip_before).problems)
+
+
+def test_unfinished_file_is_named(incident):
+    w = incident.writer("test", "test/01/partial.pcap")
+    w.write(b"abc")  # never closed: like a collector killed while writing
+    os.close(w.fd)
+    assert kinds(verify(incident.path)) == [("unfinished", "test/01/partial.pcap")]
+
+
+def test_cli_verify_exit_codes(incident, config_file):
+    cmd = [sys.executable, "-m", "ossec_dfir.cli.main", "--config", str(config_file), "verify"]
+    ok = subprocess.run(cmd + [incident.id], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    os.unlink(os.path.join(incident.path, "test/01/a.bin"))
+    bad = subprocess.run(cmd + [incident.path, "--json"], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert '"missing"' in bad.stdout and "test/01/a.bin" in bad.stdout
+
+
+def test_linked_manifest_is_reported(incident, tmp_path):
+    copy = tmp_path / "manifest-copy.jsonl"
+    src = os.path.join(incident.path, "manifest.jsonl")
+    copy.write_bytes(open(src, "rb").read())
+    os.unlink(src)
+    os.symlink(copy, src)
+    report = verify(incident.path)
+    assert not report.ok
+    assert ("modified", "manifest.jsonl") in kinds(report) or \
+        ("missing", "manifest.jsonl") in kinds(report)
+
+
+def test_wrongly_typed_manifest_entry_is_a_problem_not_a_crash(incident):
+    import hashlib
+    import json
+    path = os.path.join(incident.path, "manifest.jsonl")
+    lines = open(path, "rb").read().splitlines(True)
+    prev = hashlib.sha256(lines[-1]).hexdigest()
+    bad = {"seq": len(lines) + 1, "type": "file", "path": ["a"], "prev": prev}
+    with open(path, "ab") as fh:
+        fh.write((json.dumps(bad) + "\n").encode())
+    report = verify(incident.path)
+    assert not report.ok and any(p["kind"] == "chain" for p in report.problems)
