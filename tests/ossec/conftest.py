@@ -469,6 +469,13 @@ def _TEMPORARY_hand_install(tree: OssecTree, binds: dict[str, str], manager: boo
         cfg.write_text(yaml.safe_dump(doc))
     res = tree.dfir("install", *(["--allow-unsafe-paths"] if unsafe else []))
     assert res.returncode == 0, res.stdout + res.stderr
+    if manager:
+        import shutil
+        shutil.copy(CHECKOUT / "etc" / "ossec.conf.d" / "local_decoder.xml",
+                    tree.path("etc", "local_decoder.xml"))
+        rules = tree.path("rules", "local_rules.xml")
+        rules.write_text(rules.read_text() +
+                         (CHECKOUT / "etc" / "ossec.conf.d" / "local_rules.xml").read_text())
     if not edit:
         return res.stdout
     out = ["<ossec_config>"]
@@ -485,13 +492,6 @@ def _TEMPORARY_hand_install(tree: OssecTree, binds: dict[str, str], manager: boo
         fh.write("\n".join(out) + "\n")
     if not tree.ar_log.exists():
         tree.ar_log.touch()
-    if manager:
-        import shutil
-        shutil.copy(CHECKOUT / "etc" / "ossec.conf.d" / "local_decoder.xml",
-                    tree.path("etc", "local_decoder.xml"))
-        rules = tree.path("rules", "local_rules.xml")
-        rules.write_text(rules.read_text() +
-                         (CHECKOUT / "etc" / "ossec.conf.d" / "local_rules.xml").read_text())
     return res.stdout
 
 
@@ -609,8 +609,8 @@ def ossec_pair(ossec_pair_build: tuple[OssecTree, OssecTree]) -> Iterator[tuple[
                          capture_output=True, text=True, timeout=60)
     key = [line for line in res.stdout.splitlines() if line.strip()][-1].strip()
     res = subprocess.run([str(agent.path("bin", "manage_agents")), "-i", key],
-                         input="y\n", capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stdout + res.stderr
+                         input="y\n\n", capture_output=True, text=True, timeout=60)
+    assert "Added." in res.stdout, res.stdout + res.stderr
     try:
         yield manager, agent
     finally:
