@@ -31,6 +31,8 @@ GRACE_S = 10.0
 # After SIGKILL, a collector that is still there (uninterruptible sleep on a
 # filesystem that never answers) is waited for this long, then abandoned.
 KILL_WAIT_S = 10.0
+# Past its deadline, a collector silent on its result pipe this long is killed.
+DRAIN_S = 1.0
 STATUS_INTERVAL_S = 1.0
 STOP_CHECK_INTERVAL_S = 0.2
 ALL_COMMANDS = "ALL"
@@ -358,16 +360,20 @@ class Runner:
         status: int | None = None
         while True:
             left = handle.hard_deadline - time.monotonic()
-            if left <= 0:
-                reason_killed = "did not stop within its timeout; killed"
-                status = self._kill(handle.pid)
-                break
-            ready, _, _ = select.select([handle.read_fd], [], [], min(left, 1.0))
+            # Past the deadline, a child that is still handing over its result (a
+            # background step waited for only after the foreground ones) is read to
+            # the end; only one that stays silent is killed.
+            ready, _, _ = select.select([handle.read_fd], [], [],
+                                        min(left, 1.0) if left > 0 else DRAIN_S)
             if ready:
                 data = os.read(handle.read_fd, 1 << 20)
                 if not data:
                     break
                 chunks.append(data)
+            elif left <= 0:
+                reason_killed = "did not stop within its timeout; killed"
+                status = self._kill(handle.pid)
+                break
         os.close(handle.read_fd)
         if status is None:
             # The pipe is closed: the child is exiting. Bounded all the same.

@@ -36,6 +36,8 @@ class Behave(Collector):
                 time.sleep(0.05)
         if params.behaviour == "exit":
             os._exit(9)
+        if params.behaviour == "slow":
+            time.sleep(3)
         ctx.write_bytes("out.txt", b"ok")
         return Result(summary={"done": True})
 
@@ -113,3 +115,28 @@ def test_a_collector_that_survives_sigkill_is_abandoned_and_its_lock_released(
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_a_background_step_that_finished_is_not_killed_after_slow_foreground_steps(
+        config, store, monkeypatch):
+    """The capture ends in time; the foreground steps outlast its timeout: it stays complete."""
+    from ossec_dfir.ar import runner as runner_mod
+    monkeypatch.setattr(runner_mod, "GRACE_S", 0.2)
+    class Foreground(Behave):
+        name = "test-behave-foreground"
+
+    REGISTRY.setdefault(Behave.name, Behave)
+    REGISTRY.setdefault(Foreground.name, Foreground)
+    steps = (Step(Behave.name, build_params(Behave, {"behaviour": "ok", "timeout_s": 1.0}),
+                  background=True),
+             Step(Foreground.name, build_params(Foreground, {"behaviour": "slow",
+                                                             "timeout_s": 30.0})))
+    req = make_request("192.0.2.201")
+    incident, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
+    try:
+        runner = Runner(config, store, incident, req, "t")
+        overall = runner.run_profile(Profile("t", "", steps))
+    finally:
+        incident.close()
+    assert [o.outcome for o in runner.outcomes] == ["complete", "complete"], runner.outcomes
+    assert overall == "complete"
