@@ -139,14 +139,19 @@ def _native_image(ctx: Context) -> dict[str, Any]:
     meta = {"format": "LiME v1", "source": plan.path, "ranges": ranges,
             "rejected_sources": reasons}
     with ctx.writer("host.lime", meta=meta) as w:
-        stats = lime.write_lime(w, plan, ctx.should_stop)
+        stats = lime.write_lime(w, plan, ctx.should_stop,
+                                room=lambda n: ctx.free_bytes() >= n)
         holes = stats["holes"]
         w.meta["holes"] = [[hex(a), hex(b)] for a, b in holes[:1000]]
         w.meta["hole_bytes"] = sum(b - a for a, b in holes)
+        w.meta["segments"] = stats["segments"]
+        stop_reason = None
         if stats["stopped"]:
-            w.mark_partial(f"stopped: {stats['stopped']}")
-    out = {"outcome": "partial" if stats["stopped"] else "complete",
-           "reason": f"stopped: {stats['stopped']}" if stats["stopped"] else None,
+            stop_reason = (f"stopped: {stats['stopped']} (image ends after {stats['segments']} "
+                           f"whole segments; not read from {stats['next_address']:#x} on)")
+            w.meta["not_read_from"] = hex(stats["next_address"])
+            w.mark_partial(stop_reason)
+    out = {"outcome": "partial" if stop_reason else "complete", "reason": stop_reason,
            "file": w.relpath, "source": plan.path, "size": w.size, "sha256": w.sha256,
            "ranges": len(plan.ranges), "holes": len(holes), "hole_bytes": w.meta["hole_bytes"]}
     return out
