@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import select
@@ -27,6 +28,11 @@ from .request import Request
 from ..evidence.store import Incident, Store, utc_now
 
 GRACE_S = 10.0
+# After SIGKILL, a collector that is still there (uninterruptible sleep on a
+# filesystem that never answers) is waited for this long, then abandoned.
+KILL_WAIT_S = 10.0
+# Past its deadline, a collector silent on its result pipe this long is killed.
+DRAIN_S = 1.0
 STATUS_INTERVAL_S = 1.0
 STOP_CHECK_INTERVAL_S = 0.2
 ALL_COMMANDS = "ALL"
@@ -354,25 +360,44 @@ class Runner:
         status: int | None = None
         while True:
             left = handle.hard_deadline - time.monotonic()
-            if left <= 0:
-                reason_killed = "did not stop within its timeout; killed"
-                status = self._kill(handle.pid)
-                break
-            ready, _, _ = select.select([handle.read_fd], [], [], min(left, 1.0))
+            # Past the deadline, a child that is still handing over its result (a
+            # background step waited for only after the foreground ones) is read to
+            # the end; only one that stays silent is killed.
+            ready, _, _ = select.select([handle.read_fd], [], [],
+                                        min(left, 1.0) if left > 0 else DRAIN_S)
             if ready:
                 data = os.read(handle.read_fd, 1 << 20)
                 if not data:
                     break
                 chunks.append(data)
+            elif left <= 0:
+                reason_killed = "did not stop within its timeout; killed"
+                status = self._kill(handle.pid)
+                break
         os.close(handle.read_fd)
         if status is None:
-            _, status = os.waitpid(handle.pid, 0)
+            # The pipe is closed: the child is exiting. Bounded all the same.
+            status = self._wait(handle.pid, handle.hard_deadline - time.monotonic())
+            if status is None:
+                reason_killed = "did not exit after closing its result pipe; killed"
+                status = self._kill(handle.pid)
+        abandoned = status is None
         for fd in handle.held_fds:
+            if abandoned:
+                # The stuck child shares these lock descriptions: unlock them for
+                # everyone, so that its slot and lock are free for the next run.
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
         try:
             payload = json.loads(b"".join(chunks)) if chunks else None
         except ValueError:
             payload = None
+        if abandoned:
+            payload = None
+            reason_killed = (f"{reason_killed}; still alive {KILL_WAIT_S:g} s after SIGKILL "
+                             f"({_process_state(handle.pid)}): abandoned, its lock and slot "
+                             "released")
         if payload is None:
             why = reason_killed or f"collector process died ({_describe_status(status)})"
             out = StepOutcome(handle.step.collector, "failed", why)
@@ -383,20 +408,45 @@ class Runner:
         self._record(handle.step, out, handle.started)
 
     @staticmethod
-    def _kill(pid: int) -> int:
-        """End a collector's process group (TERM, then KILL); return its wait status."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+    def _wait(pid: int, timeout_s: float) -> int | None:
+        """Return the child's wait status, or None when it is still there after timeout_s."""
+        end = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.05)
+
+    @classmethod
+    def _kill(cls, pid: int) -> int | None:
+        """End a collector's process group (TERM, then KILL); return its wait status,
+        or None when it survives KILL_WAIT_S after SIGKILL (it is then left behind)."""
+        for sig, wait_s in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, KILL_WAIT_S)):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
                 pass
-            end = time.monotonic() + (GRACE_S if sig == signal.SIGTERM else 3600)
-            while time.monotonic() < end:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return status
-                time.sleep(0.1)
-        return os.waitpid(pid, 0)[1]
+            status = cls._wait(pid, wait_s)
+            if status is not None:
+                return status
+        return None
+
+
+def _process_state(pid: int) -> str:
+    """Return the state and kernel wait channel of pid, for the record."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0].decode("ascii", "replace")
+    except (OSError, IndexError):
+        state = "?"
+    try:
+        with open(f"/proc/{pid}/wchan", "rb") as fh:
+            wchan = fh.read(64).decode("ascii", "replace") or "-"
+    except OSError:
+        wchan = "?"
+    return f"pid {pid} state {state} wchan {wchan}"
 
 
 def _describe_status(status: int) -> str:

@@ -1,7 +1,8 @@
 """``ossec-dfir demo``: a simulated alert end to end on this host, then the incident.
 
 It builds a private OSSEC tree under --dir, installs the executables there,
-starts an "attacker" process holding a loopback connection from 127.0.0.2, runs
+starts an "attacker" process holding a loopback connection from a free
+address of 127.0.0.0/8 (one no socket on this host uses), runs
 the AR executable exactly as OSSEC's execd would, waits for the worker's
 outcome line, and prints the incident, its verification and the report's path.
 Nothing leaves loopback.
@@ -9,10 +10,48 @@ Nothing leaves loopback.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import random
 import time
 
-ATTACKER_IP = "127.0.0.2"
+from ..errors import BadRequest
+from ..trust import path_problems
+
+
+def free_loopback_address() -> str:
+    """Return an address of 127.0.0.0/8 that no socket and no interface on this host uses."""
+    import psutil
+    used = {str(a.address) for addrs in psutil.net_if_addrs().values() for a in addrs}
+    for conn in psutil.net_connections(kind="inet4"):
+        for addr in (conn.laddr, conn.raddr):
+            if addr:
+                used.add(addr.ip)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        candidate = str(ipaddress.IPv4Address((127 << 24) | rng.randrange(0x010000, 0xfffffe)))
+        if candidate not in used and not candidate.endswith((".0", ".255")):
+            return candidate
+    raise BadRequest("no free loopback address found for the demo attacker", "127.0.0.0/8")
+
+
+def check_directory(directory: str) -> None:
+    """Refuse, as root, a demo directory that a non-root user could prepare or change.
+
+    The demo installs and runs executables as root from it: a user who can
+    write the directory or any directory above it could plant a link or swap
+    an executable.
+    """
+    if os.geteuid() != 0:
+        return
+    existing = directory
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    problems = path_problems(existing)
+    if problems:
+        raise BadRequest("as root, the demo directory and every directory above it must be "
+                         "root-owned and writable by nobody else: " + "; ".join(problems[:3]),
+                         directory)
 
 
 def demo_profile(directory: str) -> dict:
@@ -47,12 +86,12 @@ while True:
 
 
 class _Attacker:
-    """A separate process holding a loopback connection from 127.0.0.2 (the suspect)."""
+    """A separate process holding a loopback connection from ip (the suspect)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ip: str) -> None:
         import subprocess
         import sys
-        self.proc = subprocess.Popen([sys.executable, "-I", "-c", _ATTACKER_CODE, ATTACKER_IP],
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", _ATTACKER_CODE, ip],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
         assert self.proc.stdout is not None
@@ -81,6 +120,8 @@ def run_demo(directory: str, command: str | None, timeout_s: float) -> int:
     from ..ossec import install
     from ..ar import simulate
     directory = os.path.abspath(directory)
+    check_directory(directory)
+    attacker_ip = free_loopback_address()
     ossec_dir = os.path.join(directory, "ossec")
     conf = os.path.join(ossec_dir, "etc", "ossec-dfir.yml")
     log_file = os.path.join(ossec_dir, "logs", "active-responses.log")
@@ -90,12 +131,12 @@ def run_demo(directory: str, command: str | None, timeout_s: float) -> int:
     for line in install.install(config, ossec_dir, False, "ossec"):
         print(line)
     script = os.path.join(ossec_dir, "active-response", "bin", command)
-    attacker = _Attacker()
+    attacker = _Attacker(attacker_ip)
     try:
         log_size = os.path.getsize(log_file) if os.path.exists(log_file) else 0
-        argv = simulate.ossec_argv(script, "add", ATTACKER_IP, "root",
+        argv = simulate.ossec_argv(script, "add", attacker_ip, "root",
                                    f"{int(time.time())}.4242", "100100",
-                                   f"(demo) {ATTACKER_IP}->/var/log/auth.log", None)
+                                   f"(demo) {attacker_ip}->/var/log/auth.log", None)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         result = simulate.run_ossec(argv, env)
         print(f"\nexecd ran: {' '.join(argv)}\n  -> exit {result.returncode} after "

@@ -90,6 +90,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         for p in report.problems:
             print(f"{p['kind'].upper():10s} {p['path']}: {p['detail']}")
+        if report.problems_not_listed:
+            print(f"... and {report.problems_not_listed} more problems not listed")
         print(f"{report.incident}: {'OK' if report.ok else 'PROBLEMS'} "
               f"({report.files_checked} files re-hashed, {report.entries} manifest entries, "
               f"tip {report.tip_sha256})")

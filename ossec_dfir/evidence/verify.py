@@ -1,4 +1,9 @@
-"""Verify an incident: re-hash every file, check the manifest chain, name every problem."""
+"""Verify an incident: re-hash every file, check the manifest chain, name every problem.
+
+The manifest and the trigger log are read line by line: memory grows with the
+number of evidence files (a path, a digest and a size each), not with the
+manifest's size, and at most MAX_PROBLEMS problems are listed (the rest counted).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,10 +11,15 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from .fs import sha256_path
 from .store import GENESIS, INCIDENT_ID_RE, MANIFEST, STORE_FILES, SUMS, TRIGGERS
+
+MAX_PROBLEMS = 1000
+# A manifest line longer than this is not one the store wrote (its entries are bounded).
+MAX_LINE_BYTES = 16 << 20
 
 
 @dataclass
@@ -21,21 +31,25 @@ class Report:
     entries: int = 0
     tip_sha256: str = GENESIS
     problems: list[dict[str, Any]] = field(default_factory=list)
+    problems_not_listed: int = 0
 
     @property
     def ok(self) -> bool:
         """Return True when nothing is modified, missing, extra or unfinished."""
-        return not self.problems
+        return not self.problems and not self.problems_not_listed
 
     def add(self, kind: str, path: str, detail: str) -> None:
         """Record one problem (kind: modified, missing, extra, unfinished, chain, ...)."""
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.problems_not_listed += 1
+            return
         self.problems.append({"kind": kind, "path": path, "detail": detail})
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {"incident": self.incident, "ok": self.ok, "files_checked": self.files_checked,
                 "manifest_entries": self.entries, "manifest_tip_sha256": self.tip_sha256,
-                "problems": self.problems}
+                "problems": self.problems, "problems_not_listed": self.problems_not_listed}
 
 
 def _walk(top: str) -> list[str]:
@@ -48,14 +62,31 @@ def _walk(top: str) -> list[str]:
     return sorted(out)
 
 
-def _read_store_file(path: str, name: str) -> bytes | None:
-    """Read a store file without following a link (None when absent)."""
+def _open_store_file(path: str, name: str) -> BinaryIO | None:
+    """Open a store file for reading without following a link (None when absent)."""
     try:
         fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+    return os.fdopen(fd, "rb")
+
+
+def _lines(fh: BinaryIO) -> Iterator[bytes]:
+    """Yield the lines of fh, each cut at MAX_LINE_BYTES (a longer line is never valid)."""
+    while True:
+        line = fh.readline(MAX_LINE_BYTES)
+        if not line:
+            return
+        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+            digest = hashlib.sha256(line)
+            while True:  # hash the rest of the overlong line without keeping it
+                more = fh.readline(MAX_LINE_BYTES)
+                digest.update(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield b"\x00overlong " + digest.hexdigest().encode()
+            continue
+        yield line
 
 
 def verify(path: str, expect_tip: str | None = None) -> Report:
@@ -68,53 +99,29 @@ def verify(path: str, expect_tip: str | None = None) -> Report:
         if os.path.islink(os.path.join(path, name)):
             report.add("modified", name, "a symbolic link, not the store's own file")
     try:
-        data = _read_store_file(path, MANIFEST)
+        manifest = _open_store_file(path, MANIFEST)
     except OSError as err:
         report.add("missing", MANIFEST, f"cannot read the manifest ({err.strerror})")
         return report
-    if data is None:
+    if manifest is None:
         report.add("missing", MANIFEST, "no manifest")
         return report
-    lines = data.splitlines(keepends=True)
 
     prev = GENESIS
-    files: dict[str, dict[str, Any]] = {}
-    begun: dict[str, dict[str, Any]] = {}
+    files: dict[str, tuple[Any, Any]] = {}   # path -> (sha256, size)
+    begun: set[str] = set()
     trigger_hashes: list[str] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            report.add("chain", MANIFEST, f"line {number} is not JSON")
-            prev = hashlib.sha256(line).hexdigest()
-            continue
-        if not isinstance(entry, dict) or entry.get("prev") != prev:
-            report.add("chain", MANIFEST,
-                       f"line {number} (seq {entry.get('seq')}) does not chain to the previous "
-                       "line: a line was removed, inserted or altered")
-        if isinstance(entry, dict) and entry.get("seq") != number:
-            report.add("chain", MANIFEST, f"line {number} has seq {entry.get('seq')}")
-        prev = hashlib.sha256(line).hexdigest()
-        if not isinstance(entry, dict):
-            report.add("chain", MANIFEST, f"line {number} is not a JSON object")
-            continue
-        kind = entry.get("type")
-        if kind in ("begin", "file") and not isinstance(entry.get("path"), str):
-            report.add("chain", MANIFEST, f"line {number} has no valid path")
-            continue
-        if kind == "begin":
-            begun[entry.get("path", "")] = entry
-        elif kind == "file":
-            files[entry.get("path", "")] = entry
-        elif kind == "trigger":
-            trigger_hashes.append(str(entry.get("line_sha256", "")))
-    report.entries = len(lines)
+    number = 0
+    with manifest:
+        for number, line in enumerate(_lines(manifest), 1):
+            prev = _check_entry(line, number, prev, files, begun, trigger_hashes, report)
+    report.entries = number
     report.tip_sha256 = prev
     if expect_tip and expect_tip != prev:
         report.add("chain", MANIFEST, f"manifest tip {prev} differs from the expected "
                                       f"{expect_tip} (lines missing at the end?)")
 
-    for relpath, entry in sorted(files.items()):
+    for relpath, (sha256, size_recorded) in sorted(files.items()):
         full = os.path.join(path, relpath)
         try:
             st = os.lstat(full)
@@ -126,10 +133,10 @@ def verify(path: str, expect_tip: str | None = None) -> Report:
             continue
         digest, size = sha256_path(full)
         report.files_checked += 1
-        if digest != entry.get("sha256") or size != entry.get("size"):
+        if digest != sha256 or size != size_recorded:
             report.add("modified", relpath,
-                       f"sha256 {digest} size {size}, manifest says {entry.get('sha256')} "
-                       f"size {entry.get('size')}")
+                       f"sha256 {digest} size {size}, manifest says {sha256} "
+                       f"size {size_recorded}")
 
     for relpath in _walk(path):
         if relpath in STORE_FILES or relpath in files:
@@ -147,27 +154,80 @@ def verify(path: str, expect_tip: str | None = None) -> Report:
     return report
 
 
+def _check_entry(line: bytes, number: int, prev: str, files: dict[str, tuple[Any, Any]],
+                 begun: set[str], trigger_hashes: list[str], report: Report) -> str:
+    """Check one manifest line against the chain; keep what the file checks need.
+
+    Returns the line's hash (the next line's expected ``prev``).
+    """
+    line_hash = hashlib.sha256(line).hexdigest()
+    if line.startswith(b"\x00overlong "):
+        report.add("chain", MANIFEST, f"line {number} is longer than {MAX_LINE_BYTES} bytes")
+        return line[len(b"\x00overlong "):].decode("ascii")
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        report.add("chain", MANIFEST, f"line {number} is not JSON")
+        return line_hash
+    if not isinstance(entry, dict) or entry.get("prev") != prev:
+        seq = entry.get("seq") if isinstance(entry, dict) else None
+        report.add("chain", MANIFEST,
+                   f"line {number} (seq {seq}) does not chain to the previous "
+                   "line: a line was removed, inserted or altered")
+    if isinstance(entry, dict) and entry.get("seq") != number:
+        report.add("chain", MANIFEST, f"line {number} has seq {entry.get('seq')}")
+    if not isinstance(entry, dict):
+        report.add("chain", MANIFEST, f"line {number} is not a JSON object")
+        return line_hash
+    kind = entry.get("type")
+    if kind in ("begin", "file") and not isinstance(entry.get("path"), str):
+        report.add("chain", MANIFEST, f"line {number} has no valid path")
+        return line_hash
+    if kind == "begin":
+        begun.add(entry["path"])
+    elif kind == "file":
+        files[entry["path"]] = (entry.get("sha256"), entry.get("size"))
+    elif kind == "trigger":
+        trigger_hashes.append(str(entry.get("line_sha256", "")))
+    return line_hash
+
+
 def _check_triggers(path: str, expected: list[str], report: Report) -> None:
     try:
-        data = _read_store_file(path, TRIGGERS)
+        fh = _open_store_file(path, TRIGGERS)
     except OSError:
-        data = None
-    lines = data.splitlines(keepends=True) if data else []
-    actual = [hashlib.sha256(line).hexdigest() for line in lines]
-    if actual != expected:
+        fh = None
+    count = 0
+    same = True
+    if fh is not None:
+        with fh:
+            for count, line in enumerate(_lines(fh), 1):
+                if count > len(expected) or hashlib.sha256(line).hexdigest() != expected[count - 1]:
+                    same = False
+    if not same or count != len(expected):
         report.add("modified", TRIGGERS,
-                   f"{len(actual)} trigger lines do not match the {len(expected)} "
+                   f"{count} trigger lines do not match the {len(expected)} "
                    "recorded in the manifest")
 
 
-def _check_sums(path: str, files: dict[str, dict[str, Any]], report: Report) -> None:
+def _check_sums(path: str, files: dict[str, tuple[Any, Any]], report: Report) -> None:
     try:
-        data = _read_store_file(path, SUMS)
+        fh = _open_store_file(path, SUMS)
     except OSError:
-        data = None
-    text = data.decode("ascii", "replace") if data else ""
-    listed = [line.split("  ", 1) for line in text.splitlines() if line.strip()]
-    sums = {p: h for h, p in (x for x in listed if len(x) == 2)}
-    expected = {p: e.get("sha256") for p, e in files.items()}
-    if sums != expected:
+        fh = None
+    listed: dict[str, str] = {}
+    well_formed = True
+    if fh is not None:
+        with fh:
+            for line in _lines(fh):
+                text = line.decode("ascii", "replace").rstrip("\n")
+                if not text.strip():
+                    continue
+                digest, sep, relpath = text.partition("  ")
+                if not sep or relpath in listed:
+                    well_formed = False
+                    continue
+                listed[relpath] = digest
+    expected = {p: sha for p, (sha, _) in files.items()}
+    if not well_formed or listed != expected:
         report.add("modified", SUMS, "does not list exactly the files of the manifest")

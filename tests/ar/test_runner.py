@@ -36,6 +36,8 @@ class Behave(Collector):
                 time.sleep(0.05)
         if params.behaviour == "exit":
             os._exit(9)
+        if params.behaviour == "slow":
+            time.sleep(3)
         ctx.write_bytes("out.txt", b"ok")
         return Result(summary={"done": True})
 
@@ -79,3 +81,62 @@ def test_all_complete_is_complete(config, store):
     assert overall == "complete"
     files = [e for e in manifest if e["type"] == "file" and e["collector"] == Behave.name]
     assert [f["path"] for f in files] == ["test-behave/01/out.txt", "test-behave/02/out.txt"]
+
+
+def test_a_collector_that_survives_sigkill_is_abandoned_and_its_lock_released(
+        config, store, monkeypatch):
+    """A child stuck in uninterruptible sleep (a FUSE server that never answers) outlives
+    SIGKILL. Signals are withheld here to make the child outlive its kill deadline the
+    same way: the runner must not wait on it without bound, and must free its lock."""
+    import re
+    import signal
+
+    from ossec_dfir.ar import runner
+    monkeypatch.setattr(runner, "GRACE_S", 0.2)
+    monkeypatch.setattr(runner, "KILL_WAIT_S", 0.5)
+    monkeypatch.setattr(runner.os, "killpg", lambda pid, sig: None)
+    started = time.monotonic()
+    overall, outcomes, manifest = run_steps(config, store, ["hang", "ok"], timeout_s=1.0)
+    monkeypatch.undo()
+    pid = int(re.search(r"pid (\d+) state", outcomes[0].reason).group(1))
+    try:
+        assert outcomes[0].outcome == "failed"
+        assert "abandoned" in outcomes[0].reason and "lock and slot released" in outcomes[0].reason
+        assert os.path.exists(f"/proc/{pid}")  # it really was still there
+        # the next step ran, and the stuck child's lock is free for the next run
+        assert outcomes[1].outcome == "complete"
+        incident_id = [e for e in manifest if e["type"] == "collector"][0]
+        assert incident_id["outcome"] == "failed"
+        inc = store.current_incident("192.0.2.200")
+        fd = store.try_lock(f"run-{inc}-{Behave.name}")
+        assert fd is not None
+        os.close(fd)
+        assert time.monotonic() - started < 30
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_a_background_step_that_finished_is_not_killed_after_slow_foreground_steps(
+        config, store, monkeypatch):
+    """The capture ends in time; the foreground steps outlast its timeout: it stays complete."""
+    from ossec_dfir.ar import runner as runner_mod
+    monkeypatch.setattr(runner_mod, "GRACE_S", 0.2)
+    class Foreground(Behave):
+        name = "test-behave-foreground"
+
+    REGISTRY.setdefault(Behave.name, Behave)
+    REGISTRY.setdefault(Foreground.name, Foreground)
+    steps = (Step(Behave.name, build_params(Behave, {"behaviour": "ok", "timeout_s": 1.0}),
+                  background=True),
+             Step(Foreground.name, build_params(Foreground, {"behaviour": "slow",
+                                                             "timeout_s": 30.0})))
+    req = make_request("192.0.2.201")
+    incident, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
+    try:
+        runner = Runner(config, store, incident, req, "t")
+        overall = runner.run_profile(Profile("t", "", steps))
+    finally:
+        incident.close()
+    assert [o.outcome for o in runner.outcomes] == ["complete", "complete"], runner.outcomes
+    assert overall == "complete"

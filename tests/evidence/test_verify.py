@@ -110,3 +110,46 @@ def test_wrongly_typed_manifest_entry_is_a_problem_not_a_crash(incident):
         fh.write((json.dumps(bad) + "\n").encode())
     report = verify(incident.path)
     assert not report.ok and any(p["kind"] == "chain" for p in report.problems)
+
+
+def _append_chained(manifest_path: str, count: int, pad: int) -> None:
+    """Append count chained metadata lines of about pad bytes (as a file search writes)."""
+    import hashlib
+    import json
+    with open(manifest_path, "rb") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    prev, seq = hashlib.sha256(lines[-1]).hexdigest(), len(lines)
+    with open(manifest_path, "ab") as fh:
+        for _ in range(count):
+            seq += 1
+            line = (json.dumps({"seq": seq, "type": "metadata", "path": "/srv/x" * 8,
+                                "detail": "m" * pad, "prev": prev}, sort_keys=True,
+                               separators=(",", ":")) + "\n").encode()
+            fh.write(line)
+            prev = hashlib.sha256(line).hexdigest()
+
+
+def test_verify_streams_a_large_manifest(incident):
+    """A 120 MiB manifest is checked in bounded memory (peak RSS measured in a child)."""
+    manifest = os.path.join(incident.path, "manifest.jsonl")
+    _append_chained(manifest, 120_000, 1000)
+    assert os.path.getsize(manifest) > 120 << 20
+    code = ("import resource, sys; from ossec_dfir.evidence.verify import verify; "
+            "r = verify(sys.argv[1]); "
+            "print(r.ok, r.entries, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, incident.path], capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    assert out[0] == "True" and int(out[1]) > 120_000
+    peak_mib = int(out[2]) / 1024
+    assert peak_mib < 80, f"verify peaked at {peak_mib:.0f} MiB for a 120 MiB manifest"
+
+
+def test_verify_lists_at_most_max_problems(incident):
+    from ossec_dfir.evidence import verify as verify_mod
+    for i in range(verify_mod.MAX_PROBLEMS + 50):
+        with open(os.path.join(incident.path, "test", "01", f"planted-{i}"), "w") as fh:
+            fh.write("x")
+    report = verify(incident.path)
+    assert not report.ok
+    assert len(report.problems) == verify_mod.MAX_PROBLEMS
+    assert report.problems_not_listed == 50

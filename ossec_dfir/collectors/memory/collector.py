@@ -49,8 +49,10 @@ class MemoryParams(Params):
     max_processes: int = 20
     max_process_bytes: int = 4 << 30
     max_total_process_bytes: int = 16 << 30
+    max_incident_core_bytes: int = 8 << 30
     max_exe_bytes: int = 256 << 20
-    stop_processes: bool = False
+    stop_processes: bool = True
+    max_stop_s: float = 10.0
 
     def validate(self) -> list[str]:
         """Return the problems of this parameter set."""
@@ -139,14 +141,19 @@ def _native_image(ctx: Context) -> dict[str, Any]:
     meta = {"format": "LiME v1", "source": plan.path, "ranges": ranges,
             "rejected_sources": reasons}
     with ctx.writer("host.lime", meta=meta) as w:
-        stats = lime.write_lime(w, plan, ctx.should_stop)
+        stats = lime.write_lime(w, plan, ctx.should_stop,
+                                room=lambda n: ctx.free_bytes() >= n)
         holes = stats["holes"]
         w.meta["holes"] = [[hex(a), hex(b)] for a, b in holes[:1000]]
         w.meta["hole_bytes"] = sum(b - a for a, b in holes)
+        w.meta["segments"] = stats["segments"]
+        stop_reason = None
         if stats["stopped"]:
-            w.mark_partial(f"stopped: {stats['stopped']}")
-    out = {"outcome": "partial" if stats["stopped"] else "complete",
-           "reason": f"stopped: {stats['stopped']}" if stats["stopped"] else None,
+            stop_reason = (f"stopped: {stats['stopped']} (image ends after {stats['segments']} "
+                           f"whole segments; not read from {stats['next_address']:#x} on)")
+            w.meta["not_read_from"] = hex(stats["next_address"])
+            w.mark_partial(stop_reason)
+    out = {"outcome": "partial" if stop_reason else "complete", "reason": stop_reason,
            "file": w.relpath, "source": plan.path, "size": w.size, "sha256": w.sha256,
            "ranges": len(plan.ranges), "holes": len(holes), "hole_bytes": w.meta["hole_bytes"]}
     return out
@@ -308,45 +315,66 @@ def find_targets(ctx: Context, params: MemoryParams) -> dict[int, list[str]]:
     return targets  # suspects first, then pids, then names (max_processes keeps the first)
 
 
+def incident_core_bytes(ctx: Context) -> int:
+    """Return the bytes of the process cores already in this incident (every collector's)."""
+    return sum(int(e.get("size") or 0) for e in ctx.incident.manifest()
+               if e.get("type") == "file" and (e.get("meta") or {}).get("format") == "ELF core")
+
+
 def process_dumps(ctx: Context, params: MemoryParams, result: Result) -> None:
-    """Dump each target process (core, maps, exe) within the per-process and total caps."""
+    """Dump each target process (core, maps, exe) within the per-process, run and incident caps."""
     targets = find_targets(ctx, params)
     if len(targets) > params.max_processes:
         result.degrade(f"max_processes={params.max_processes} reached "
                        f"({len(targets)} candidate processes)")
         targets = dict(list(targets.items())[:params.max_processes])
-    budget = params.max_total_process_bytes
+    earlier = incident_core_bytes(ctx)
+    run_bytes = 0
     records: list[dict[str, Any]] = []
+    not_dumped: list[int] = []
     failed = 0
     for pid, why in targets.items():
         stop = ctx.should_stop()
         if stop:
             result.degrade(f"stopped before all processes were dumped: {stop}")
             break
-        if budget <= 0:
-            result.degrade(f"max_total_process_bytes={params.max_total_process_bytes} reached")
+        run_left = params.max_total_process_bytes - run_bytes
+        incident_left = params.max_incident_core_bytes - earlier - run_bytes
+        if run_left <= 0 or incident_left <= 0:
+            not_dumped = [p for p in targets if p not in {r["pid"] for r in records}]
+            result.degrade(
+                f"max_total_process_bytes={params.max_total_process_bytes} reached"
+                if run_left <= 0 else
+                f"max_incident_core_bytes={params.max_incident_core_bytes} reached "
+                f"({earlier} bytes of cores from earlier runs, {run_bytes} from this one)")
             break
-        rec = _dump_one(ctx, params, pid, min(params.max_process_bytes, budget))
+        rec = _dump_one(ctx, params, pid, min(params.max_process_bytes, run_left, incident_left))
         rec["why"] = why
-        budget -= rec.get("dumped_bytes", 0)
+        run_bytes += rec.get("size") or 0
         records.append(rec)
         failed += rec["outcome"] == "failed"
-        if rec["outcome"] == "partial" and "max_bytes" in (rec["reason"] or ""):
+        if rec["outcome"] == "partial" and rec["reason"]:
             result.degrade(f"pid {pid}: {rec['reason']}")
+    for pid in not_dumped:
+        records.append({"pid": pid, "why": targets[pid], "outcome": "skipped", "file": None,
+                        "reason": "core byte budget used up"})
     if records or targets:
         ctx.write_json("processes.json", records)
     if failed:
         result.degrade(f"{failed} of {len(records)} process dumps failed")
     result.summary["processes"] = {
-        "targets": len(targets), "dumped": sum(r["outcome"] != "failed" for r in records),
-        "failed": failed, "bytes": sum(r.get("dumped_bytes", 0) for r in records),
-        "pids": [r["pid"] for r in records][:100]}
+        "targets": len(targets), "dumped": sum(r["outcome"] in ("complete", "partial")
+                                               for r in records),
+        "failed": failed, "not_dumped": not_dumped[:100],
+        "bytes": sum(r.get("dumped_bytes", 0) for r in records),
+        "core_bytes": run_bytes, "incident_core_bytes_before": earlier,
+        "pids": [r["pid"] for r in records if r["file"]][:100]}
 
 
 def _dump_one(ctx: Context, params: MemoryParams, pid: int, max_bytes: int) -> dict[str, Any]:
     comm, _ = _comm_and_argv0(pid)
     rec = procdump.dump_process_core(ctx, pid, f"processes/{pid}/core", max_bytes,
-                                     stop=params.stop_processes)
+                                     stop=params.stop_processes, max_stop_s=params.max_stop_s)
     rec["comm"] = comm
     if rec["outcome"] == "failed":
         return rec

@@ -3,8 +3,12 @@
 LiME (what Volatility 3 and AVML read): for each physical range a 32-byte
 header (magic 0x4C694D45, version 1, start and inclusive end physical address,
 8 reserved bytes) followed by the range's bytes. One LiME range is written per
-top-level "System RAM" range of /proc/iomem; bytes no source segment covers and
-pages that cannot be read are zero-filled and reported as holes.
+top-level "System RAM" range of /proc/iomem, cut into segments of at most
+SEGMENT_BYTES, each with its own header written just before its bytes; bytes no
+source segment covers and pages that cannot be read are zero-filled and reported
+as holes. A stop (timeout, signal, evidence reserve) is taken only between two
+segments, so an image cut short still has, for every header, exactly the bytes
+it announces: Volatility opens it with what was read.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ MIN_KCORE_BYTES = 64 << 10
 # Physical addresses below this are all /dev/mem serves under STRICT_DEVMEM.
 STRICT_DEVMEM_LIMIT = 1 << 20
 NO_PADDR = (0, 0xFFFFFFFFFFFFFFFF)
+# Largest LiME segment: how far past a stop request the image may still read.
+SEGMENT_BYTES = 16 << 20
 PT_LOAD = 1
 
 
@@ -53,7 +59,8 @@ class Plan:
     @property
     def image_bytes(self) -> int:
         """Return the size of the LiME file this plan writes."""
-        return sum(LIME_HEADER.size + end - start + 1 for start, end, _ in self.ranges)
+        return sum(LIME_HEADER.size * -(-(end + 1 - start) // SEGMENT_BYTES) + end + 1 - start
+                   for start, end, _ in self.ranges)
 
     @property
     def uncovered_bytes(self) -> int:
@@ -211,27 +218,58 @@ def choose(order: tuple[str, ...]) -> tuple[Plan | None, dict[str, str]]:
     return None, reasons
 
 
+def segments(start: int, end: int, pieces: list[Piece],
+             segment_bytes: int) -> list[tuple[int, list[Piece]]]:
+    """Cut a RAM range [start, end] into (start, pieces) segments of at most segment_bytes."""
+    out: list[tuple[int, list[Piece]]] = []
+    pos = start
+    while pos <= end:
+        stop = min(end + 1, pos + segment_bytes)
+        cut = []
+        for p in pieces:
+            lo, hi = max(pos, p.phys), min(stop, p.phys + p.length)
+            if lo < hi:
+                cut.append(Piece(lo, hi - lo, None if p.offset is None else p.offset + lo - p.phys))
+        out.append((pos, cut))
+        pos = stop
+    return out
+
+
 def write_lime(writer: Any, plan: Plan, should_stop: Callable[[], str | None],
-               chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
-    """Write the plan as LiME through an evidence writer; return ranges, holes, stop reason."""
+               chunk_bytes: int = CHUNK_BYTES, room: Callable[[int], bool] | None = None,
+               segment_bytes: int | None = None) -> dict[str, Any]:
+    """Write the plan as LiME through an evidence writer; return segments, holes, stop reason.
+
+    should_stop and room (room(n): may n more bytes be written?) are asked before
+    each segment, never inside one: every header written is followed by all of
+    the bytes its range announces, whenever the image stops.
+    """
     holes: list[list[int]] = []
-    stopped = None
+    seg_bytes = segment_bytes or SEGMENT_BYTES
+    written = 0
     fd = os.open(plan.path, os.O_RDONLY | os.O_CLOEXEC)
     reader = ChunkReader(fd, chunk_bytes)
     try:
         for start, end, pieces in plan.ranges:
-            writer.write(LIME_HEADER.pack(LIME_MAGIC, LIME_VERSION, start, end))
-            for piece in pieces:
-                if piece.offset is None:
-                    add_hole(holes, piece.phys, piece.phys + piece.length)
-                    chunks = reader.zeros(piece.length)
-                else:
-                    chunks = reader.read(piece.offset, piece.length, piece.phys, holes)
-                for data in chunks:
-                    writer.write(data)
-                    stopped = stopped or should_stop()
-                    if stopped:
-                        return {"stopped": stopped, "holes": holes}
+            for seg_start, cut in segments(start, end, pieces, seg_bytes):
+                length = sum(p.length for p in cut)
+                stopped = should_stop()
+                if not stopped and room is not None and not room(LIME_HEADER.size + length):
+                    stopped = "evidence reserve reached"
+                if stopped:
+                    return {"stopped": stopped, "holes": holes, "segments": written,
+                            "next_address": seg_start}
+                writer.write(LIME_HEADER.pack(LIME_MAGIC, LIME_VERSION, seg_start,
+                                              seg_start + length - 1))
+                for piece in cut:
+                    if piece.offset is None:
+                        add_hole(holes, piece.phys, piece.phys + piece.length)
+                        chunks = reader.zeros(piece.length)
+                    else:
+                        chunks = reader.read(piece.offset, piece.length, piece.phys, holes)
+                    for data in chunks:
+                        writer.write(data)
+                written += 1
     finally:
         os.close(fd)
-    return {"stopped": None, "holes": holes}
+    return {"stopped": None, "holes": holes, "segments": written, "next_address": None}

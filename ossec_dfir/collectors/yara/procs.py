@@ -1,4 +1,12 @@
-"""Process-memory half of the yara collector: pick processes, scan them, record matches."""
+"""Process-memory half of the yara collector: pick processes, scan them, record matches.
+
+libyara reads every readable mapping of a process through /proc/PID/mem. A
+mapping of a file on a filesystem served by a user process (FUSE; see
+``memory.mounts``) may never answer that read, so a process with such a
+mapping is not handed to libyara: its other mappings are read here, page runs
+that exist only (``memory.residency``), and scanned as data, the unsafe ones
+skipped and counted in ``mappings_not_read``.
+"""
 from __future__ import annotations
 
 import os
@@ -9,6 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import rules as _yararules
+from ..memory import residency as _residency
+from ..memory.memread import ChunkReader
+from ..memory.mounts import FsTypes
+from ..memory.procdump import parse_maps
+
+# Largest block handed to libyara at once when a process is read here.
+DATA_BLOCK_BYTES = 16 << 20
 
 # Where process information is read from (tests may point it elsewhere).
 PROC = "/proc"
@@ -25,6 +40,8 @@ class ProcScan:
     matched_pids: dict[int, str] = field(default_factory=dict)
     stopped: str | None = None
     seconds: float = 0.0
+    mappings_not_read: int = 0
+    not_read_examples: list[dict[str, Any]] = field(default_factory=list)
 
     def skip(self, reason: str, pid: int) -> None:
         """Count one process skipped for reason."""
@@ -38,7 +55,9 @@ class ProcScan:
         return {"scanned": self.scanned, "matched": self.matched,
                 "skipped": dict(sorted(self.skipped.items())),
                 "skipped_examples": dict(sorted(self.examples.items())),
-                "stopped": self.stopped, "seconds": round(self.seconds, 3)}
+                "stopped": self.stopped, "seconds": round(self.seconds, 3),
+                "mappings_not_read": self.mappings_not_read,
+                "mappings_not_read_examples": self.not_read_examples}
 
 
 def own_lineage(pid: int | None = None) -> set[int]:
@@ -134,6 +153,9 @@ def _scan_one(rules: Any, pid: int, timeout_s: int, max_bytes: int) -> tuple[str
         return "skip", "too_large"
     if not os.path.exists(f"{PROC}/{pid}"):
         return "skip", "vanished"
+    unsafe = unsafe_mappings(pid)
+    if unsafe:
+        return _scan_safe_mappings(rules, pid, timeout_s, unsafe)
     try:
         matches = rules.match(pid=pid, timeout=max(1, timeout_s), externals={
             "filename": "", "filepath": "", "extension": "", "owner": ""})
@@ -147,6 +169,62 @@ def _scan_one(rules: Any, pid: int, timeout_s: int, max_bytes: int) -> tuple[str
             return "skip", "permission_denied"
         return "skip", "error"
     return ("match", matches) if matches else ("clean", None)
+
+
+def unsafe_mappings(pid: int) -> list[dict[str, Any]]:
+    """Return the readable mappings of pid that must not be read (user-served filesystems)."""
+    try:
+        with open(f"{PROC}/{pid}/maps", "rb") as fh:
+            text = fh.read(64 << 20).decode("utf-8", "surrogateescape")
+    except OSError:
+        return []
+    fs = FsTypes(pid)
+    out = []
+    for m in parse_maps(text):
+        why = fs.skip_reason(m.dev, m.inode) if "r" in m.perms else None
+        if why:
+            out.append({"pid": pid, "start": hex(m.start), "end": hex(m.end), "dev": m.dev,
+                        "path": m.path[:4096], "why": why})
+    return out
+
+
+def _scan_safe_mappings(rules: Any, pid: int, timeout_s: int,
+                        unsafe: list[dict[str, Any]]) -> tuple[str, Any]:
+    """Scan the mappings of pid that are safe to read, as data; skip the unsafe ones."""
+    import yara
+    skip = {(int(u["start"], 16), int(u["end"], 16)) for u in unsafe}
+    try:
+        with open(f"{PROC}/{pid}/maps", "rb") as fh:
+            maps = parse_maps(fh.read(64 << 20).decode("utf-8", "surrogateescape"))
+        mem_fd = os.open(f"{PROC}/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return "skip", "vanished"
+    deadline = time.monotonic() + max(1, timeout_s)
+    found: list[tuple[int, Any]] = []
+    res = _residency.Residency(pid)
+    reader = ChunkReader(mem_fd)
+    try:
+        for m in maps:
+            if "r" not in m.perms or (m.start, m.end) in skip or m.skip_reason() is not None:
+                continue
+            for lo, hi in res.runs(m.start, m.end, m.offset, m.file_backed):
+                for base in range(lo, hi, DATA_BLOCK_BYTES):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return "skip", "yara_timeout"
+                    size = min(DATA_BLOCK_BYTES, hi - base)
+                    data = b"".join(bytes(c) for c in reader.read(base, size, base, []))
+                    try:
+                        matches = rules.match(data=data, timeout=max(1, int(left)), externals={
+                            "filename": "", "filepath": "", "extension": "", "owner": ""})
+                    except yara.TimeoutError:
+                        return "skip", "yara_timeout"
+                    if matches:
+                        found.append((base, matches))
+    finally:
+        res.close()
+        os.close(mem_fd)
+    return ("blocks", (found, unsafe)) if found else ("clean_partial", unsafe)
 
 
 def scan_processes(ctx: Any, rules: Any, params: Any, writer: Any, budget: dict[str, int],
@@ -179,13 +257,26 @@ def scan_processes(ctx: Any, rules: Any, params: Any, writer: Any, budget: dict[
                 scan.skip(value, pid)
                 continue
             scan.scanned += 1
-            if kind != "match":
+            blocks = [(0, value)] if kind == "match" else []
+            if kind in ("blocks", "clean_partial"):
+                found, unsafe = value if kind == "blocks" else ([], value)
+                blocks = found
+                scan.mappings_not_read += len(unsafe)
+                for item in unsafe[:max(0, 20 - len(scan.not_read_examples))]:
+                    ctx.note(f"pid {pid}: mapping {item['start']}-{item['end']} "
+                             f"({item['path']!r}) not read: {item['why']}")
+                room = 20 - len(scan.not_read_examples)
+                scan.not_read_examples.extend(unsafe[:max(room, 0)])
+            if not blocks:
                 continue
             scan.matched += 1
             info = process_info(pid)
             scan.matched_pids[pid] = str(info.get("name") or "")
-            for record in _yararules.match_records(value, params.max_strings,
-                                                   params.max_string_bytes):
-                write_line(writer, budget, {"type": "process", **info, **record})
+            for base, matches in blocks:
+                for record in _yararules.match_records(matches, params.max_strings,
+                                                       params.max_string_bytes):
+                    for string in record["strings"]:
+                        string["offset"] += base  # a virtual address, as libyara reports
+                    write_line(writer, budget, {"type": "process", **info, **record})
     scan.seconds = time.monotonic() - started
     return scan

@@ -167,13 +167,100 @@ def test_disk_precheck_skips_with_figures(run_collector, fake_kernel, monkeypatc
     assert not evidence_path(incident, "memory/01/host.lime").exists()
 
 
-def test_timeout_stops_the_image_partial(run_collector, fake_kernel, monkeypatch):
-    calls = iter(range(1000))
-    monkeypatch.setattr("ossec_dfir.collectors.base.Context.should_stop",
-                        lambda self: "timeout_s=1 reached" if next(calls) >= 2 else None)
+def parse_lime(data: bytes) -> list[tuple[int, int, bytes]]:
+    """Parse a LiME file as Volatility's LiME layer does; fail on any inconsistency.
+
+    Returns (start, inclusive end, bytes) per segment. Every header must carry the
+    magic and version, ranges must not go backwards or overlap, and the bytes that
+    follow each header must be exactly its range's length (a cut file fails).
+    """
+    out, pos, max_end = [], 0, 0
+    while pos < len(data):
+        assert len(data) - pos >= 32, f"truncated header at file offset {pos:#x}"
+        magic, version, start, end = struct.unpack_from("<IIQQ", data, pos)
+        assert (magic, version) == (0x4C694D45, 1), f"bad header at {pos:#x}"
+        assert start >= max_end and end >= start, f"bad range {start:#x}-{end:#x} at {pos:#x}"
+        length = end + 1 - start
+        body = data[pos + 32:pos + 32 + length]
+        assert len(body) == length, (f"segment {start:#x}-{end:#x} announces {length} bytes, "
+                                     f"{len(body)} follow")
+        out.append((start, end, body))
+        pos += 32 + length
+        max_end = end + 1
+    return out
+
+
+def test_lime_cut_by_a_timeout_has_every_header_matching(run_collector, fake_kernel,
+                                                          monkeypatch):
+    """Issue 12 item 17: a stopped image keeps headers that match the bytes written."""
+    _, expected = fake_kernel
+    monkeypatch.setattr(_lime, "SEGMENT_BYTES", 3 * PAGE)
+    full = parse_lime(expected)
+    stops = iter(range(1000))
+    orig = _lime.write_lime
+
+    def write_lime(writer, plan, should_stop, **kw):
+        # the timeout strikes before the fourth segment (asked once per segment)
+        return orig(writer, plan, lambda: "timeout_s=1 reached" if next(stops) >= 3 else None,
+                    **kw)
+    monkeypatch.setattr(_lime, "write_lime", write_lime)
     outcome, incident = run_collector("memory", host_only())
     assert outcome.outcome == "partial" and "timeout_s=1 reached" in outcome.reason
-    assert manifest_file(incident, "memory/01/host.lime")["outcome"] == "partial"
+    entry = manifest_file(incident, "memory/01/host.lime")
+    assert entry["outcome"] == "partial"
+    image = evidence_path(incident, "memory/01/host.lime").read_bytes()
+    segs = parse_lime(image)
+    # 0x1000-0x4fff (4 pages) -> 3 + 1 pages; 0x10000-0x17fff -> 3 + 3 + 2 pages
+    assert [(s, e) for s, e, _ in segs] == [(0x1000, 0x3fff), (0x4000, 0x4fff),
+                                            (0x10000, 0x12fff)]
+    assert len(image) == 3 * 32 + 7 * PAGE
+    assert entry["size"] == len(image)
+    assert entry["meta"]["segments"] == 3 and entry["meta"]["not_read_from"] == "0x13000"
+    whole = {s: b for s, _, b in full}
+    flat = b"".join(whole[s] for s in sorted(whole))
+    offsets = {0x1000: 0, 0x10000: 0x4000}
+    for start, end, body in segs:
+        base = 0x1000 if start < 0x10000 else 0x10000
+        at = offsets[base] + start - base
+        assert body == flat[at:at + end + 1 - start]
+
+
+def test_lime_segments_concatenate_to_the_whole_image(fake_kernel, monkeypatch):
+    _, expected = fake_kernel
+    plan, _ = _lime.choose(("kcore",))
+
+    class Sink:
+        data = bytearray()
+
+        def write(self, b):
+            self.data += b
+    sink = Sink()
+    stats = _lime.write_lime(sink, plan, lambda: None, segment_bytes=2 * PAGE)
+    segs = parse_lime(bytes(sink.data))
+    assert stats["segments"] == len(segs) == 2 + 4
+    assert b"".join(b for _, _, b in segs) == b"".join(b for _, _, b in parse_lime(expected))
+
+
+def test_lime_stops_whole_when_the_reserve_is_near(fake_kernel):
+    plan, _ = _lime.choose(("kcore",))
+
+    class Sink:
+        data = bytearray()
+
+        def write(self, b):
+            self.data += b
+    sink = Sink()
+    budget = [32 + 4 * PAGE + 32 + 2 * PAGE]
+
+    def room(n):
+        if n > budget[0]:
+            return False
+        budget[0] -= n
+        return True
+    stats = _lime.write_lime(sink, plan, lambda: None, room=room, segment_bytes=2 * PAGE)
+    assert stats["stopped"] == "evidence reserve reached" and stats["next_address"] == 0x10000
+    assert [(s, e) for s, e, _ in parse_lime(bytes(sink.data))] == [(0x1000, 0x2fff),
+                                                                    (0x3000, 0x4fff)]
 
 
 CHILD = r"""
@@ -258,7 +345,8 @@ def test_pids_and_names_select_processes_within_caps(run_collector, suspect_chil
     mine = [r for r in records if r["pid"] == pid][0]
     assert mine["why"] == ["pids parameter", f"name {name}"]
     assert [r["pid"] for r in records] == [pid]
-    assert mine["dumped_bytes"] == 1 << 20 and mine["exe"]["truncated"]
+    assert mine["size"] <= 1 << 20 and mine["exe"]["truncated"]  # the whole core file
+    assert mine["size"] - mine["dumped_bytes"] < 64 << 10  # headers and notes
     assert evidence_path(incident, f"memory/01/processes/{pid}/exe").stat().st_size == 4096
     assert os.getpid() not in [r["pid"] for r in records]
 
