@@ -14,7 +14,7 @@ from ..errors import EXIT_BAD_INPUT, InstallError
 from . import checks, conftext, files, snippets
 from .layout import Installation
 
-WHAT = "active responses and the <localfile> of logs/active-responses.log"
+WHAT = "active responses, and the localfile reading logs/active-responses.log"
 
 
 def _same_file(location: str, path: str) -> bool:
