@@ -143,7 +143,10 @@ def _write_checked(inst: Installation, path: str, old: str, new: str, verb: str)
     failed = [c for c in results if not c.ok]
     if failed:
         files.restore(path, backup)
+        before = [c for c in checks.test_modes(inst) if not c.ok]
+        hint = ("\n  (the previous file fails the same check: the problem is not in the "
+                "ossec-dfir block; fix it first)" if before else "")
         raise InstallError(f"the installation's own check refused the edited {path}; the "
                            f"previous file is back in place (backup {backup}):\n  "
-                           + "\n  ".join(c.line() for c in failed))
+                           + "\n  ".join(c.line() for c in failed) + hint)
     return [f"{verb} {path} (backup {backup})"] + [c.line() for c in results]
