@@ -294,3 +294,12 @@ def test_uninstall_removes_exactly_what_install_added(tree, cfg, capsys):
     assert os.path.exists(os.path.join(tree.root, "etc", "ossec-dfir.yml"))
     assert os.listdir(os.path.join(tree.root, "etc", "yara"))
     assert "kept " in capsys.readouterr().out
+
+
+def test_the_wheel_carries_the_manager_xml():
+    from tests.conftest import ROOT
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"ossec/xml/*.xml"' in pyproject  # [tool.setuptools.package-data] ossec_dfir
+    for name in manager.XML_FILES:
+        assert os.path.isfile(os.path.join(manager.XML_DIR, name))
+        assert manager.XML_DIR.startswith(os.path.dirname(os.path.dirname(manager.__file__)))
