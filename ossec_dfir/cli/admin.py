@@ -7,7 +7,7 @@ import os
 
 from ..ar.simulate import find_script, ossec_argv, run_ossec, run_wazuh, wazuh_message
 from ..config import Config
-from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE
+from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE, InstallError
 from ..ossec import install as ossec_install
 from ..ossec import conftext, files, manager, ossecconf, snippets
 from ..ossec.layout import installation
@@ -59,6 +59,11 @@ def cmd_install(args: argparse.Namespace) -> int:
               "--allow-unsafe-paths for a test tree")
         return 2
     inst = installation(args.ossec_dir, args.flavor)
+    if inst.is_agent and (binds or args.manager):
+        raise InstallError(f"{inst.root} is an agent (no {inst.flavor}-analysisd): --bind and "
+                           "--manager belong on the manager, whose ossec.conf holds <command> "
+                           "and <active-response> and whose analysisd decodes the outcome "
+                           "lines; nothing was installed", EXIT_BAD_INPUT)
     print(f"{inst.root}: {inst.flavor} {inst.kind}")
     for line in ossec_install.install_files(config, inst):
         print(line)
@@ -83,7 +88,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         print("\nThis is an agent: the <command> and <active-response> blocks go into the "
               "MANAGER's ossec.conf (ossec-dfir install --edit-ossec-conf --manager --bind ... "
               "on the manager); the executables must be here.")
-    if not binds:
+    if not binds and not inst.is_agent:
         print("\nNo rule runs a command yet: bind rules with --bind COMMAND=RULE_ID[,RULE_ID...] "
               "(e.g. --bind dfir-pcap=5712,5720 --bind dfir-yara-file=550,554)")
     runs = snippets.manual_runs(config, binds)

@@ -218,6 +218,16 @@ def test_an_agent_gets_the_localfile_only_and_no_bindings(tree, cfg):
     assert "<localfile>" in block and "<command>" not in block
 
 
+@pytest.mark.parametrize("option", [["--bind", "dfir-pcap=5712"], ["--manager"]])
+def test_install_on_an_agent_refuses_manager_options_before_writing(tree, capsys, option):
+    write_agent_daemon(tree)
+    before = open(tree.ossec_conf).read()
+    assert main(["install", "--ossec-dir", tree.root, "--allow-unsafe-paths", "--edit-ossec-conf",
+                 *option]) == 2
+    assert "belong on the manager" in capsys.readouterr().err
+    assert os.listdir(tree.ar_bin_dir) == [] and open(tree.ossec_conf).read() == before
+
+
 def test_a_symlinked_ossec_conf_is_refused(tree, cfg, tmp_path):
     real = tmp_path / "elsewhere.conf"
     real.write_text(ADMIN_CONF)
