@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -26,6 +26,12 @@ _TOP_KEYS = {
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
+_PROFILE_KEYS = {"description", "steps", "stateful", "expect", "ar_timeout_s"}
+# What the OSSEC <command> of a profile asks analysisd to pass (<expect>): the
+# alert's srcip, its file name (syscheck), or nothing (host-keyed alerts).
+EXPECT_VALUES = ("srcip", "filename", "none")
+DEFAULT_AR_TIMEOUT_S = 600
+MAX_AR_TIMEOUT_S = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class Profile:
     description: str
     steps: tuple[Step, ...]
     stateful: bool = True
+    expect: str = "srcip"
+    ar_timeout_s: int | None = DEFAULT_AR_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,33 @@ def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:
         return validate(merged, source, ossec_dir, lines)
 
 
+def _response_keys(pdata: dict[str, Any], ppath: str, where: Callable[[str], str],
+                   problems: list[str]) -> tuple[str, int | None]:
+    """Validate a profile's expect and ar_timeout_s; return them (defaults on error).
+
+    A response keyed by anything but the srcip has no timeout: OSSEC's execd
+    keys its pending deletes on the script and the srcip, so every IP-less
+    alert would collapse into the first one while its delete is pending.
+    """
+    expect = pdata.get("expect", "srcip")
+    if expect not in EXPECT_VALUES:
+        problems.append(f"{where(ppath + '.expect')}: must be one of {', '.join(EXPECT_VALUES)}")
+        expect = "srcip"
+    default_timeout = DEFAULT_AR_TIMEOUT_S if expect == "srcip" else None
+    timeout = pdata.get("ar_timeout_s", default_timeout)
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)
+                                or not 1 <= timeout <= MAX_AR_TIMEOUT_S):
+        problems.append(f"{where(ppath + '.ar_timeout_s')}: must be null or an integer "
+                        f"between 1 and {MAX_AR_TIMEOUT_S}")
+        timeout = default_timeout
+    if timeout is not None and expect != "srcip":
+        problems.append(f"{where(ppath + '.ar_timeout_s')}: must be null with expect: {expect} "
+                        "(execd keys pending deletes on the srcip: every alert without one "
+                        "would join the first)")
+        timeout = None
+    return str(expect), timeout
+
+
 def validate(data: dict[str, Any], source: str, ossec_dir: str,
              lines: dict[str, tuple[str, int]] | None = None) -> Config:
     """Validate a merged config mapping; raise ConfigError listing every problem."""
@@ -223,7 +258,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                     or not pdata["steps"]:
                 problems.append(f"{where(ppath)}: needs a non-empty 'steps' list")
                 continue
-            unknown = set(pdata) - {"description", "steps", "stateful"}
+            unknown = set(pdata) - _PROFILE_KEYS
             if unknown:
                 problems.append(f"{where(ppath)}: unknown keys {sorted(unknown)}")
             steps = []
@@ -254,11 +289,12 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                 if not isinstance(background, bool):
                     problems.append(f"{where(spath + '.background')}: must be true or false")
                 steps.append(Step(cname, params, bool(background)))
-            stateful = pdata.get("stateful", True)
+            expect, ar_timeout_s = _response_keys(pdata, ppath, where, problems)
+            stateful = pdata.get("stateful", ar_timeout_s is not None)
             if not isinstance(stateful, bool):
                 problems.append(f"{where(ppath + '.stateful')}: must be true or false")
             profiles[pname] = Profile(pname, str(pdata.get("description") or ""), tuple(steps),
-                                      bool(stateful))
+                                      bool(stateful), expect, ar_timeout_s)
     if problems:
         raise ConfigError(problems, source)
     evidence_root = data.get("evidence_root") or os.path.join(ossec_dir, "dfir")
