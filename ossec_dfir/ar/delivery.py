@@ -95,12 +95,12 @@ def _fd_position(pid: int, fd: str) -> int | None:
     return None
 
 
-def _holds(pid: int, log: os.stat_result) -> bool:
-    """Return True when pid has the log's inode open and has seeked into it.
+def _holds(pid: int, log: os.stat_result, positioned: bool) -> bool:
+    """Return True when pid has the log's inode open (and, if positioned, has seeked into it).
 
     logcollector opens a file and then seeks to its end; a line appended in
-    between would be skipped, so a descriptor still at offset 0 of a
-    non-empty log does not count yet.
+    between would be skipped, so before writing, a descriptor still at offset
+    0 of a non-empty log does not count yet.
     """
     try:
         entries = os.scandir(f"{PROC}/{pid}/fd")
@@ -116,14 +116,20 @@ def _holds(pid: int, log: os.stat_result) -> bool:
                 continue
             if (st.st_dev, st.st_ino) != (log.st_dev, log.st_ino):
                 continue
+            if not positioned:
+                return True
             pos = _fd_position(pid, entry.name)
             if pos is not None and (pos > 0 or log.st_size == 0):
                 return True
     return False
 
 
-def log_holder(ossec_dir: str, log_file: str) -> int | None:
-    """Return the pid of this install's running logcollector holding log_file, or None."""
+def log_holder(ossec_dir: str, log_file: str, positioned: bool = True) -> int | None:
+    """Return the pid of this install's running logcollector holding log_file, or None.
+
+    positioned: the descriptor must also have been seeked (before writing);
+    after writing, only that the same process still holds the file matters.
+    """
     try:
         log = os.stat(log_file)
         names = sorted(os.listdir(os.path.join(ossec_dir, "var", "run")))
@@ -135,7 +141,7 @@ def log_holder(ossec_dir: str, log_file: str) -> int | None:
             continue
         pid = int(match.group(2))
         binary = os.path.join(ossec_dir, "bin", f"{match.group(1)}-logcollector")
-        if _runs_binary(pid, binary) and _holds(pid, log):
+        if _runs_binary(pid, binary) and _holds(pid, log, positioned):
             return pid
     return None
 
@@ -273,7 +279,7 @@ def write_outcome(config: Config, line: str, store: Store | None = None) -> bool
     before = log_holder(config.ossec_dir, config.log_file)
     written = append_line(config.log_file, line)
     if written and before is not None and \
-            log_holder(config.ossec_dir, config.log_file) == before:
+            log_holder(config.ossec_dir, config.log_file, positioned=False) == before:
         return True
     try:
         _with_store(config, store, lambda st: keep(st, [line[:MAX_LINE_CHARS]]))
@@ -325,7 +331,7 @@ def flush(config: Config, store: Store) -> int:
         out = [x + REDELIVERED for x in lines] + ([dropped_note(dropped)] if dropped else [])
         data = "".join(x.replace("\n", " ") + "\n" for x in out).encode("ascii", "backslashreplace")
         written = _append_bytes(config.log_file, data)
-        if written and log_holder(config.ossec_dir, config.log_file) == holder:
+        if written and log_holder(config.ossec_dir, config.log_file, positioned=False) == holder:
             os.unlink(claimed, dir_fd=dfd)
             return len(lines)
         _put_back(store, dfd, claimed, dropped, lines)
