@@ -42,6 +42,7 @@ MAX_PENDING_BYTES = 1 << 20
 DROPPED_HEADER = "# dropped="
 REDELIVERED = " redelivered=1"
 POLL_S = 1.5
+SETTLE_S = 3.0
 PROC = "/proc"
 
 
@@ -144,6 +145,24 @@ def log_holder(ossec_dir: str, log_file: str, positioned: bool = True) -> int | 
         if _runs_binary(pid, binary) and _holds(pid, log, positioned):
             return pid
     return None
+
+
+def settled_holder(ossec_dir: str, log_file: str, wait_s: float = SETTLE_S,
+                   sleep: Callable[[float], None] = time.sleep) -> int | None:
+    """Return log_holder(), waiting up to wait_s while a logcollector holds the log unseeked.
+
+    A descriptor at offset 0 of a non-empty log is either between fopen and
+    fseek (microseconds) or on a log that was empty when logcollector opened
+    it and whose first lines it has not read yet (its loop reads every
+    second): wait for it rather than calling the logcollector down.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        pid = log_holder(ossec_dir, log_file)
+        if pid is not None or time.monotonic() >= deadline or \
+                log_holder(ossec_dir, log_file, positioned=False) is None:
+            return pid
+        sleep(0.2)
 
 
 def logcollector_down(config: Config) -> bool:
@@ -276,7 +295,7 @@ def write_outcome(config: Config, line: str, store: Store | None = None) -> bool
     """
     if not has_install(config.ossec_dir):
         return append_line(config.log_file, line)
-    before = log_holder(config.ossec_dir, config.log_file)
+    before = settled_holder(config.ossec_dir, config.log_file)
     written = append_line(config.log_file, line)
     if written and before is not None and \
             log_holder(config.ossec_dir, config.log_file, positioned=False) == before:
@@ -308,12 +327,12 @@ def dropped_note(count: int) -> str:
             f"{MAX_PENDING_BYTES} bytes are kept)\"")
 
 
-def flush(config: Config, store: Store) -> int:
+def flush(config: Config, store: Store, settle_s: float = 0.0) -> int:
     """Deliver the pending lines once when a logcollector holds the log; return how many."""
     path = pending_path(store.root)
     if not os.path.lexists(path):
         return 0
-    holder = log_holder(config.ossec_dir, config.log_file)
+    holder = settled_holder(config.ossec_dir, config.log_file, settle_s)
     if holder is None:
         return 0
     dfd = store.state_dir_fd(PENDING_DIR)
@@ -377,7 +396,7 @@ def linger(config: Config, store: Store, sleep: Callable[[float], None] = time.s
                     break
                 if time.time() > max(started, newest) + config.outcome_linger_s:
                     break
-                delivered += flush(config, store)
+                delivered += flush(config, store, SETTLE_S)
                 if not os.path.lexists(path):
                     break
                 sleep(POLL_S)

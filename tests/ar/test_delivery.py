@@ -34,7 +34,7 @@ FAKE = ("import os, select, sys\n"
         "if follow:\n"
         "    os.lseek(fd, 0, os.SEEK_END)\n"
         "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
-        "while not select.select([0], [], [], 0.05)[0]:\n"
+        "while not select.select([0], [], [], float(sys.argv[3]))[0]:\n"
         "    while follow and os.read(fd, 65536):\n"
         "        pass\n")
 PYTHON = os.path.realpath(sys.executable)
@@ -46,10 +46,10 @@ class FakeLogcollector:
     its fopen and its fseek to the end)."""
 
     def __init__(self, ossec: Path, log: Path, exe: str | None = None, seek: bool = True,
-                 flavour: str = "ossec") -> None:
+                 flavour: str = "ossec", interval_s: float = 0.05) -> None:
         exe = exe or str(ossec / "bin" / f"{flavour}-logcollector")
         self.proc = subprocess.Popen([exe, "-I", "-S", "-c", FAKE, str(log),
-                                      "seek" if seek else "noseek"],
+                                      "seek" if seek else "noseek", str(interval_s)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self.proc.stdout.readline() == b"ready\n"
         self.pid = self.proc.pid
@@ -170,6 +170,17 @@ def test_descriptor_not_yet_seeked_does_not_count(inst, started):
 
 
 # -- keeping and delivering ----------------------------------------------------
+def test_first_lines_of_an_empty_log_are_not_taken_for_a_restart(inst, started):
+    config, store, ossec, log = inst
+    # logcollector opened the log while it was empty and reads it once a second:
+    # right after the invocation line its offset is still 0 of a non-empty file.
+    started(ossec, log, interval_s=1.0)
+    with open(log, "a") as fh:
+        fh.write("Wed Dec  2 13:22:14 UTC 2026 dfir-host add - 203.0.113.5 -- accepted\n")
+    assert arlog.outcome(config, outcome_fields(), store)
+    assert delivery.pending_lines(store) == (0, [])
+
+
 def test_line_written_while_up_is_not_kept(inst, started):
     config, store, ossec, log = inst
     started(ossec, log)
