@@ -4,10 +4,9 @@ A line appended to active-responses.log reaches analysisd only when the
 installation's logcollector holds the file open: during ``ossec-control
 restart`` it is down, and it reopens the file at its end, so a line written
 meanwhile is never read. ``write_outcome`` therefore checks for a running
-logcollector of the installation that owns the log (its pid file under
-``<ossec>/var/run/``, that process's executable, and the log's inode among
-its open descriptors, already positioned); when there is none, the line is
-also kept in ``.state/outcomes/pending`` of the evidence store. ``flush``
+logcollector of the installation that owns the log; when there is none, the
+line is also kept in ``.state/outcomes/pending`` of the evidence store
+(logcollector.py tells whether a logcollector reads the log). ``flush``
 delivers kept lines again, marked ``redelivered=1``, once a logcollector
 holds the log: the worker lingers for that (``linger``) and every AR
 invocation tries too (``flush_pending``: one stat when nothing is pending).
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from typing import Callable
 
@@ -27,11 +25,9 @@ from ..config import Config
 from ..errors import DfirError
 from ..evidence import fs
 from ..evidence.store import STATE_DIR, Store
+from .logcollector import SETTLE_S, has_install, log_holder, settled_holder
 
-LOGCOLLECTORS = ("ossec-logcollector", "wazuh-logcollector")
-PIDFILE_RE = re.compile(r"^(ossec|wazuh)-logcollector-([1-9][0-9]{0,9})\.pid$")
 MAX_LINE_CHARS = 4096
-MAX_FDS_SCANNED = 65536
 PENDING_DIR = "outcomes"
 PENDING = "pending"
 CLAIMED_PREFIX = "claimed."
@@ -42,8 +38,6 @@ MAX_PENDING_BYTES = 1 << 20
 DROPPED_HEADER = "# dropped="
 REDELIVERED = " redelivered=1"
 POLL_S = 1.5
-SETTLE_S = 3.0
-PROC = "/proc"
 
 
 # -- the log file ------------------------------------------------------------
@@ -67,108 +61,6 @@ def _append_bytes(log_file: str, data: bytes) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-# -- is a logcollector reading the log? --------------------------------------
-def has_install(ossec_dir: str) -> bool:
-    """Return True when ossec_dir is an OSSEC or Wazuh install (it has a logcollector)."""
-    return any(os.path.exists(os.path.join(ossec_dir, "bin", name)) for name in LOGCOLLECTORS)
-
-
-def _runs_binary(pid: int, binary: str) -> bool:
-    """Return True when pid executes binary (so a reused pid does not count)."""
-    try:
-        exe = os.readlink(f"{PROC}/{pid}/exe")
-    except OSError:
-        return False
-    exe = exe.removesuffix(" (deleted)")  # upgraded in place while running
-    return exe == os.path.realpath(binary)
-
-
-def _fd_position(pid: int, fd: str) -> int | None:
-    try:
-        with open(f"{PROC}/{pid}/fdinfo/{fd}", "rb") as fh:
-            for raw in fh.read(4096).splitlines():
-                if raw.startswith(b"pos:"):
-                    return int(raw.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _holds(pid: int, log: os.stat_result, positioned: bool) -> bool:
-    """Return True when pid has the log's inode open (and, if positioned, has seeked into it).
-
-    logcollector opens a file and then seeks to its end; a line appended in
-    between would be skipped, so before writing, a descriptor still at offset
-    0 of a non-empty log does not count yet.
-    """
-    try:
-        entries = os.scandir(f"{PROC}/{pid}/fd")
-    except OSError:
-        return False
-    with entries:
-        for count, entry in enumerate(entries):
-            if count >= MAX_FDS_SCANNED:
-                return False
-            try:
-                st = os.stat(entry.path)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) != (log.st_dev, log.st_ino):
-                continue
-            if not positioned:
-                return True
-            pos = _fd_position(pid, entry.name)
-            if pos is not None and (pos > 0 or log.st_size == 0):
-                return True
-    return False
-
-
-def log_holder(ossec_dir: str, log_file: str, positioned: bool = True) -> int | None:
-    """Return the pid of this install's running logcollector holding log_file, or None.
-
-    positioned: the descriptor must also have been seeked (before writing);
-    after writing, only that the same process still holds the file matters.
-    """
-    try:
-        log = os.stat(log_file)
-        names = sorted(os.listdir(os.path.join(ossec_dir, "var", "run")))
-    except OSError:
-        return None
-    for name in names:
-        match = PIDFILE_RE.match(name)
-        if not match:
-            continue
-        pid = int(match.group(2))
-        binary = os.path.join(ossec_dir, "bin", f"{match.group(1)}-logcollector")
-        if _runs_binary(pid, binary) and _holds(pid, log, positioned):
-            return pid
-    return None
-
-
-def settled_holder(ossec_dir: str, log_file: str, wait_s: float = SETTLE_S,
-                   sleep: Callable[[float], None] = time.sleep) -> int | None:
-    """Return log_holder(), waiting up to wait_s while a logcollector holds the log unseeked.
-
-    A descriptor at offset 0 of a non-empty log is either between fopen and
-    fseek (microseconds) or on a log that was empty when logcollector opened
-    it and whose first lines it has not read yet (its loop reads every
-    second): wait for it rather than calling the logcollector down.
-    """
-    deadline = time.monotonic() + wait_s
-    while True:
-        pid = log_holder(ossec_dir, log_file)
-        if pid is not None or time.monotonic() >= deadline or \
-                log_holder(ossec_dir, log_file, positioned=False) is None:
-            return pid
-        sleep(0.2)
-
-
-def logcollector_down(config: Config) -> bool:
-    """Return True when an install owns the log but no logcollector of it holds the log."""
-    return has_install(config.ossec_dir) and \
-        log_holder(config.ossec_dir, config.log_file) is None
 
 
 # -- the pending file ---------------------------------------------------------

@@ -90,11 +90,11 @@ def accept(config: Config, req: Request, config_path: str) -> str:
 
 def stop(config: Config, req: Request) -> str:
     """Handle a delete: stop this command's running collection for the key; keep evidence."""
-    from . import delivery, runner, worker
+    from . import logcollector, runner, worker
 
     # execd runs every pending delete on ossec-control stop/restart, after
     # logcollector stopped: a delete while it is down is that shutdown.
-    why = runner.STOP_SHUTDOWN if delivery.logcollector_down(config) else runner.STOP_DELETE
+    why = runner.STOP_SHUTDOWN if logcollector.is_down(config) else runner.STOP_DELETE
     store = worker.open_store(config)
     try:
         runner.request_stop(store, req.command, req.key, why)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ossec_dfir import config as config_mod
-from ossec_dfir.ar import delivery, entry, log as arlog, runner, worker
+from ossec_dfir.ar import delivery, entry, log as arlog, logcollector, runner, worker
 from ossec_dfir.ar.request import Request, parse_ip
 from ossec_dfir.collectors.base import DELETE_STOP, SHUTDOWN_STOP
 from ossec_dfir.collectors.pcap.collector import _judge
@@ -126,21 +126,21 @@ def wait_for(predicate, timeout_s: float = 30) -> bool:
 # -- detecting the logcollector ------------------------------------------------
 def test_running_logcollector_holding_the_log_is_found(inst, started):
     config, _, ossec, log = inst
-    assert delivery.log_holder(str(ossec), str(log)) is None
-    assert delivery.logcollector_down(config)
+    assert logcollector.log_holder(str(ossec), str(log)) is None
+    assert logcollector.is_down(config)
     fake = started(ossec, log)
-    assert delivery.log_holder(str(ossec), str(log)) == fake.pid
-    assert not delivery.logcollector_down(config)
+    assert logcollector.log_holder(str(ossec), str(log)) == fake.pid
+    assert not logcollector.is_down(config)
     fake.stop()
-    assert delivery.log_holder(str(ossec), str(log)) is None
+    assert logcollector.log_holder(str(ossec), str(log)) is None
 
 
 def test_wazuh_logcollector_is_found(tmp_path, started):
     ossec = tmp_path / "wazuh"
     log = make_install(ossec, "wazuh")
     fake = started(ossec, log, flavour="wazuh")
-    assert delivery.has_install(str(ossec))
-    assert delivery.log_holder(str(ossec), str(log)) == fake.pid
+    assert logcollector.has_install(str(ossec))
+    assert logcollector.log_holder(str(ossec), str(log)) == fake.pid
 
 
 def test_reused_or_stale_pid_does_not_count(inst, started):
@@ -148,25 +148,25 @@ def test_reused_or_stale_pid_does_not_count(inst, started):
     # A live process that holds the log but is not this install's logcollector
     # (what a reused pid in a stale pid file looks like).
     other = started(ossec, log, exe=PYTHON)
-    assert delivery.log_holder(str(ossec), str(log)) is None
+    assert logcollector.log_holder(str(ossec), str(log)) is None
     # A logcollector of the right binary that does not hold this log.
     elsewhere = ossec / "logs" / "other.log"
     elsewhere.write_text("x\n")
     started(ossec, elsewhere)
-    assert delivery.log_holder(str(ossec), str(log)) is None
+    assert logcollector.log_holder(str(ossec), str(log)) is None
     # A pid file naming a process that is gone.
     other.stop()
     (ossec / "var" / "run" / f"ossec-logcollector-{other.pid}.pid").write_text("1\n")
-    assert delivery.log_holder(str(ossec), str(log)) is None
+    assert logcollector.log_holder(str(ossec), str(log)) is None
 
 
 def test_descriptor_not_yet_seeked_does_not_count(inst, started):
     _, _, ossec, log = inst
     log.write_text("an earlier line\n")
     started(ossec, log, seek=False)  # opened, not yet at the end: a new line could be skipped
-    assert delivery.log_holder(str(ossec), str(log)) is None
+    assert logcollector.log_holder(str(ossec), str(log)) is None
     fake = started(ossec, log, seek=True)
-    assert delivery.log_holder(str(ossec), str(log)) == fake.pid
+    assert logcollector.log_holder(str(ossec), str(log)) == fake.pid
 
 
 # -- keeping and delivering ----------------------------------------------------
