@@ -23,6 +23,7 @@ _TOP_KEYS = {
     "evidence_root": (str, type(None)), "log_file": (str, type(None)),
     "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,), "max_captures": (int,),
     "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
+    "outcome_linger_s": (int, float),
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
@@ -69,6 +70,7 @@ class Config:
     queue_max_age_s: float = 3600.0
     check_keys: bool = True
     check_keys_timeout_s: float = 5.0
+    outcome_linger_s: float = 600.0
     binaries: dict[str, str] = field(default_factory=dict)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
@@ -215,7 +217,8 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
         elif not isinstance(value, _TOP_KEYS[key]) or isinstance(value, bool) and \
                 bool not in _TOP_KEYS[key]:
             problems.append(f"{where(key)}: wrong type {type(value).__name__}")
-    for key in ("grouping_window_s", "reserve_bytes", "queue_max_age_s", "check_keys_timeout_s"):
+    for key in ("grouping_window_s", "reserve_bytes", "queue_max_age_s", "check_keys_timeout_s",
+                "outcome_linger_s"):
         value = data.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             problems.append(f"{where(key)}: must not be negative")
@@ -307,6 +310,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   queue_max_age_s=float(data.get("queue_max_age_s", 3600)),
                   check_keys=bool(data.get("check_keys", True)),
                   check_keys_timeout_s=float(data.get("check_keys_timeout_s", 5)),
+                  outcome_linger_s=float(data.get("outcome_linger_s", 600)),
                   binaries=dict(binaries) if isinstance(binaries, dict) else {},
                   collectors=dict(collectors) if isinstance(collectors, dict) else {},
                   profiles=profiles, source=source)
