@@ -44,9 +44,10 @@ lint: venv
 	@$(BIN)/python -m ruff --version >/dev/null 2>&1 || $(BIN)/pip install -q ruff
 	$(BIN)/python -m ruff check ossec_dfir tests bench
 
-# Regenerate etc/ossec.conf.d/*-active-response.xml from the shipped profiles.
+# Regenerate etc/ossec.conf.d/ (the <command> snippets of the shipped profiles,
+# and the decoder and rules XML the package carries).
 snippets: venv
-	$(BIN)/python -c 'from ossec_dfir.ossec.install import write_snippets; write_snippets("etc/ossec.conf.d")'
+	$(BIN)/python -c 'from ossec_dfir.ossec.snippets import write_snippets; write_snippets("etc/ossec.conf.d")'
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache

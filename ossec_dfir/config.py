@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -23,9 +23,16 @@ _TOP_KEYS = {
     "evidence_root": (str, type(None)), "log_file": (str, type(None)),
     "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,), "max_captures": (int,),
     "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
+    "outcome_linger_s": (int, float),
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
+_PROFILE_KEYS = {"description", "steps", "stateful", "expect", "ar_timeout_s"}
+# What the OSSEC <command> of a profile asks analysisd to pass (<expect>): the
+# alert's srcip, its file name (syscheck), or nothing (host-keyed alerts).
+EXPECT_VALUES = ("srcip", "filename", "none")
+DEFAULT_AR_TIMEOUT_S = 600
+MAX_AR_TIMEOUT_S = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class Profile:
     description: str
     steps: tuple[Step, ...]
     stateful: bool = True
+    expect: str = "srcip"
+    ar_timeout_s: int | None = DEFAULT_AR_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Config:
     queue_max_age_s: float = 3600.0
     check_keys: bool = True
     check_keys_timeout_s: float = 5.0
+    outcome_linger_s: float = 600.0
     binaries: dict[str, str] = field(default_factory=dict)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
@@ -160,6 +170,33 @@ def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:
         return validate(merged, source, ossec_dir, lines)
 
 
+def _response_keys(pdata: dict[str, Any], ppath: str, where: Callable[[str], str],
+                   problems: list[str]) -> tuple[str, int | None]:
+    """Validate a profile's expect and ar_timeout_s; return them (defaults on error).
+
+    A response keyed by anything but the srcip has no timeout: OSSEC's execd
+    keys its pending deletes on the script and the srcip, so every IP-less
+    alert would collapse into the first one while its delete is pending.
+    """
+    expect = pdata.get("expect", "srcip")
+    if expect not in EXPECT_VALUES:
+        problems.append(f"{where(ppath + '.expect')}: must be one of {', '.join(EXPECT_VALUES)}")
+        expect = "srcip"
+    default_timeout = DEFAULT_AR_TIMEOUT_S if expect == "srcip" else None
+    timeout = pdata.get("ar_timeout_s", default_timeout)
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)
+                                or not 1 <= timeout <= MAX_AR_TIMEOUT_S):
+        problems.append(f"{where(ppath + '.ar_timeout_s')}: must be null or an integer "
+                        f"between 1 and {MAX_AR_TIMEOUT_S}")
+        timeout = default_timeout
+    if timeout is not None and expect != "srcip":
+        problems.append(f"{where(ppath + '.ar_timeout_s')}: must be null with expect: {expect} "
+                        "(execd keys pending deletes on the srcip: every alert without one "
+                        "would join the first)")
+        timeout = None
+    return str(expect), timeout
+
+
 def validate(data: dict[str, Any], source: str, ossec_dir: str,
              lines: dict[str, tuple[str, int]] | None = None) -> Config:
     """Validate a merged config mapping; raise ConfigError listing every problem."""
@@ -180,7 +217,8 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
         elif not isinstance(value, _TOP_KEYS[key]) or isinstance(value, bool) and \
                 bool not in _TOP_KEYS[key]:
             problems.append(f"{where(key)}: wrong type {type(value).__name__}")
-    for key in ("grouping_window_s", "reserve_bytes", "queue_max_age_s", "check_keys_timeout_s"):
+    for key in ("grouping_window_s", "reserve_bytes", "queue_max_age_s", "check_keys_timeout_s",
+                "outcome_linger_s"):
         value = data.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             problems.append(f"{where(key)}: must not be negative")
@@ -223,7 +261,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                     or not pdata["steps"]:
                 problems.append(f"{where(ppath)}: needs a non-empty 'steps' list")
                 continue
-            unknown = set(pdata) - {"description", "steps", "stateful"}
+            unknown = set(pdata) - _PROFILE_KEYS
             if unknown:
                 problems.append(f"{where(ppath)}: unknown keys {sorted(unknown)}")
             steps = []
@@ -254,11 +292,12 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                 if not isinstance(background, bool):
                     problems.append(f"{where(spath + '.background')}: must be true or false")
                 steps.append(Step(cname, params, bool(background)))
-            stateful = pdata.get("stateful", True)
+            expect, ar_timeout_s = _response_keys(pdata, ppath, where, problems)
+            stateful = pdata.get("stateful", ar_timeout_s is not None)
             if not isinstance(stateful, bool):
                 problems.append(f"{where(ppath + '.stateful')}: must be true or false")
             profiles[pname] = Profile(pname, str(pdata.get("description") or ""), tuple(steps),
-                                      bool(stateful))
+                                      bool(stateful), expect, ar_timeout_s)
     if problems:
         raise ConfigError(problems, source)
     evidence_root = data.get("evidence_root") or os.path.join(ossec_dir, "dfir")
@@ -271,6 +310,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   queue_max_age_s=float(data.get("queue_max_age_s", 3600)),
                   check_keys=bool(data.get("check_keys", True)),
                   check_keys_timeout_s=float(data.get("check_keys_timeout_s", 5)),
+                  outcome_linger_s=float(data.get("outcome_linger_s", 600)),
                   binaries=dict(binaries) if isinstance(binaries, dict) else {},
                   collectors=dict(collectors) if isinstance(collectors, dict) else {},
                   profiles=profiles, source=source)

@@ -92,3 +92,12 @@ class Skipped(DfirError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class InstallError(DfirError):
+    """An install or uninstall step that was refused or whose check failed (changes undone)."""
+
+    def __init__(self, reason: str, exit_code: int = EXIT_FAILED) -> None:
+        self.reason = reason
+        self.exit_code = exit_code
+        super().__init__(reason)

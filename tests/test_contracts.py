@@ -9,7 +9,7 @@ import re
 import pytest
 
 from ossec_dfir import config as config_mod
-from ossec_dfir.ossec import install
+from ossec_dfir.ossec import manager, snippets
 from ossec_dfir.collectors.base import Collector, Params, load_collectors
 from tests.conftest import AR_DIR, ROOT
 
@@ -37,7 +37,7 @@ def test_collector_declares_params_limits_and_description(name):
 
 def test_shipped_config_validates_and_every_profile_has_an_executable():
     cfg = config_mod.load(str(ROOT / "etc" / "ossec-dfir.yml"), "/var/ossec")
-    for name in install.commands(cfg):
+    for name in snippets.commands(cfg):
         script = AR_DIR / name
         assert script.exists(), f"profile {name} has no active-response/{name}"
         assert os.access(script, os.X_OK)
@@ -56,18 +56,28 @@ def test_packaged_default_config_is_the_shipped_file():
 def test_conf_snippets_match_the_generator(flavor):
     cfg = config_mod.load(None, "/var/ossec")
     shipped = (ROOT / "etc" / "ossec.conf.d" / f"{flavor}-active-response.xml").read_text()
-    assert shipped == install.conf_snippet(install.commands(cfg), flavor), \
+    assert shipped == snippets.conf_snippet(cfg, flavor), \
         "run `make snippets` after changing profiles"
     assert ("<expect>srcip</expect>" in shipped) == (flavor == "ossec")
-    for name in install.commands(cfg):
+    assert ("<expect>filename</expect>" in shipped) == (flavor == "ossec")
+    assert "<disabled>" not in shipped and "<active-response>" not in shipped
+    for name in snippets.commands(cfg):
         assert f"<executable>{name}</executable>" in shipped
 
 
+@pytest.mark.parametrize("name", manager.XML_FILES)
+def test_manager_xml_in_etc_is_the_packaged_xml(name):
+    shipped = (ROOT / "etc" / "ossec.conf.d" / name).read_text()
+    assert shipped == manager.packaged_xml(name), "run `make snippets` after changing the XML"
+
+
 def test_decoder_matches_the_outcome_line():
-    decoder = (ROOT / "etc" / "ossec.conf.d" / "local_decoder.xml").read_text()
+    decoder = manager.packaged_xml(manager.DECODER_XML)
     assert "<prematch>^ossec-dfir: </prematch>" in decoder
     regex = re.search(r'<regex offset="after_parent">\^(.*)</regex>', decoder).group(1)
     line = ("outcome=partial command=dfir-pcap srcip=203.0.113.5 incident=20261129T012533Z_"
             "203.0.113.5 steps=pcap:partial manifest_sha256=ab12 reason=\"x\"")
     py = regex.replace(r"\S+", r"[^\s]+")
     assert re.match(py, line)
+    sample = manager.sample_line("complete")
+    assert sample.startswith("ossec-dfir: ") and re.match(py, sample[len("ossec-dfir: "):])

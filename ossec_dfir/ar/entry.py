@@ -90,11 +90,14 @@ def accept(config: Config, req: Request, config_path: str) -> str:
 
 def stop(config: Config, req: Request) -> str:
     """Handle a delete: stop this command's running collection for the key; keep evidence."""
-    from . import runner, worker
+    from . import logcollector, runner, worker
 
+    # execd runs every pending delete on ossec-control stop/restart, after
+    # logcollector stopped: a delete while it is down is that shutdown.
+    why = runner.STOP_SHUTDOWN if logcollector.is_down(config) else runner.STOP_DELETE
     store = worker.open_store(config)
     try:
-        runner.request_stop(store, req.command, req.key)
+        runner.request_stop(store, req.command, req.key, why)
         current = store.current_incident(req.key)
         if current is None:
             return "delete: stop requested; no incident for this key"
@@ -103,7 +106,8 @@ def stop(config: Config, req: Request) -> str:
             incident.append_trigger(_trigger_record(req, "delete"))
         finally:
             incident.close()
-        return f"delete: stop requested; incident={current}"
+        cause = " (execd shutdown)" if why == runner.STOP_SHUTDOWN else ""
+        return f"delete: stop requested{cause}; incident={current}"
     finally:
         store.close()
 
@@ -176,6 +180,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
                     arlog.invocation(config.log_file, script, args_text,
                                      "check_keys: execd answered abort (already active); "
                                      "nothing started")
+                    _flush_kept_outcomes(config)
                     return EXIT_COMPLETE
             status = accept(config, req, config_used)
     except StoreError as err:
@@ -185,4 +190,11 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
         arlog.invocation(config.log_file, script, args_text, f"failed: {err}")
         return err.exit_code
     arlog.invocation(config.log_file, script, args_text, status)
+    _flush_kept_outcomes(config)
     return EXIT_COMPLETE
+
+
+def _flush_kept_outcomes(config: Config) -> None:
+    """Deliver outcome lines kept while logcollector was down, if it is back (one stat if none)."""
+    from . import delivery
+    delivery.flush_pending(config)

@@ -3,33 +3,27 @@
 Invocation lines follow the stock scripts: ``date`` output, the script path
 and its (sanitised) arguments, then `` -- `` and what happened. Outcome lines
 start with ``ossec-dfir: `` so the shipped decoder (etc/ossec.conf.d/) can
-turn them into alerts on the manager.
+turn them into alerts on the manager; every outcome line goes through
+``outcome()``, which keeps it for redelivery when the installation's
+logcollector is not reading the log (delivery.py).
 """
 from __future__ import annotations
 
-import os
 import time
+from typing import TYPE_CHECKING
 
+from . import delivery
+from ..config import Config
 from .request import sanitize
 
-MAX_LINE_CHARS = 4096
+if TYPE_CHECKING:
+    from ..evidence.store import Store
+
+MAX_LINE_CHARS = delivery.MAX_LINE_CHARS
 
 
 def _append(log_file: str, line: str) -> bool:
-    line = line.replace("\n", " ").replace("\r", " ")[:MAX_LINE_CHARS] + "\n"
-    try:
-        os.makedirs(os.path.dirname(log_file), mode=0o750, exist_ok=True)
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW |
-                     os.O_CLOEXEC, 0o640)
-    except OSError:
-        return False
-    try:
-        os.write(fd, line.encode("ascii", "backslashreplace"))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return delivery.append_line(log_file, line[:MAX_LINE_CHARS])
 
 
 def invocation(log_file: str, argv0: str, args_text: str, status: str) -> bool:
@@ -38,11 +32,18 @@ def invocation(log_file: str, argv0: str, args_text: str, status: str) -> bool:
     return _append(log_file, f"{stamp} {sanitize(argv0, 256)} {args_text} -- {status}")
 
 
-def outcome(log_file: str, fields: dict[str, object]) -> bool:
-    """Append a parseable outcome line: ``ossec-dfir: key=value ...``."""
+def format_outcome(fields: dict[str, object]) -> str:
+    """Return a parseable outcome line: ``ossec-dfir: key=value ...``."""
     parts = []
     for key, value in fields.items():
         text = sanitize(str(value), 512).replace(" ", "_") if key != "reason" else \
             '"' + sanitize(str(value), 1024).replace('"', "'") + '"'
         parts.append(f"{key}={text}")
-    return _append(log_file, "ossec-dfir: " + " ".join(parts))
+    line = "ossec-dfir: " + " ".join(parts)
+    return line.replace("\n", " ").replace("\r", " ")[:MAX_LINE_CHARS]
+
+
+def outcome(config: Config, fields: dict[str, object], store: Store | None = None) -> bool:
+    """Write an outcome line to config.log_file, kept for redelivery while no
+    logcollector of the install reads the log; return True when it reached the log."""
+    return delivery.write_outcome(config, format_outcome(fields), store)

@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..evidence import fs
-from ..collectors.base import Context, Result, get_collector, unmet_prerequisite
+from ..collectors.base import (DELETE_STOP, HAND_STOP, SHUTDOWN_STOP, Context, Result,
+    get_collector, unmet_prerequisite)
 from ..config import Config, Profile, Step
 from ..errors import DfirError, ReserveReached, Skipped, StoreError
 from .request import Request
@@ -67,21 +68,31 @@ def overall(outcomes: list[StepOutcome]) -> str:
 
 
 # -- delete / stop markers -------------------------------------------------
+# Why a delete stops a capture, as written in the marker; a marker says "delete"
+# unless the delete came while the install's logcollector was down, which is
+# execd running every pending delete on ossec-control stop/restart.
+STOP_DELETE = "delete"
+STOP_SHUTDOWN = "shutdown"
+
+
 def stop_marker_name(command: str, key: str) -> str:
     """Return the marker file name for a command's collection for a key."""
     return f"{command}@{key}"
 
 
-def request_stop(store: Store, command: str, key: str) -> None:
-    """Record that collections of command (or ALL) for key must stop now."""
+def request_stop(store: Store, command: str, key: str, why: str = STOP_DELETE) -> None:
+    """Record that collections of command (or ALL) for key must stop now, and why
+    (STOP_DELETE or STOP_SHUTDOWN)."""
+    if why not in (STOP_DELETE, STOP_SHUTDOWN):
+        raise ValueError(f"unknown stop cause {why!r}")
     dfd = store.state_dir_fd("stop")
     try:
         name = stop_marker_name(command, key)
         fs.check_relpath(name)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dfd)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
         try:
-            os.write(fd, f"{time.time():.6f}\n".encode())
+            os.write(fd, f"{time.time():.6f} {why}\n".encode())
             os.utime(fd)
         finally:
             os.close(fd)
@@ -89,14 +100,29 @@ def request_stop(store: Store, command: str, key: str) -> None:
         os.close(dfd)
 
 
+def _marker_reason(path: str, default: str) -> str:
+    """Return the stop reason a delete marker records (read without following links)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return default
+    try:
+        words = os.read(fd, 128).split()
+    except OSError:
+        return default
+    finally:
+        os.close(fd)
+    return SHUTDOWN_STOP if words[1:2] == [STOP_SHUTDOWN.encode()] else default
+
+
 class StopCheck:
     """Tell a continuous collector whether a delete (or a manual stop) arrived."""
 
     def __init__(self, store: Store, command: str, key: str, since: float) -> None:
         self.paths = [(store.state_path("stop", stop_marker_name(command, key)),
-                       "delete received"),
+                       DELETE_STOP),
                       (store.state_path("stop", stop_marker_name(ALL_COMMANDS, key)),
-                       "stopped by hand (ossec-dfir stop)")]
+                       HAND_STOP)]
         self.since = since
         self._next = 0.0
         self._answer: str | None = None
@@ -111,7 +137,7 @@ class StopCheck:
                 except OSError:
                     continue
                 if st.st_mtime >= self.since:
-                    self._answer = why
+                    self._answer = _marker_reason(path, why) if why == DELETE_STOP else why
                     break
         return self._answer
 

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from ..evidence import fs
-from . import log as arlog
+from . import delivery, log as arlog
 from ..procfs import flocked_files, pid_alive
 from ..config import Config, load
 from ..errors import ConfigError, DfirError, StoreError
@@ -127,7 +127,7 @@ def reap_orphans(config: Config, store: Store) -> int:
                                            "reason": reason})
                 finally:
                     incident.close()
-                log_outcome(config, request, job["incident"], "failed", [], reason, tip)
+                log_outcome(config, request, job["incident"], "failed", [], reason, tip, store)
             except (OSError, ValueError, KeyError, DfirError):
                 pass
             with contextlib.suppress(OSError):
@@ -191,27 +191,33 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
             reason = "; ".join(f"{o.collector}: {o.reason}" for o in outcomes if o.reason)
         tip = incident.record({"type": "outcome", "trigger": job["trigger"],
                                "command": request.command, "outcome": outcome})
-        log_outcome(config, request, incident.id, outcome, outcomes, reason, tip)
+        log_outcome(config, request, incident.id, outcome, outcomes, reason, tip, store)
         return outcome
     finally:
         incident.close()
 
 
 def log_outcome(config: Config, request: Request, incident_id: str, outcome: str,
-                outcomes: list[Any], reason: str, tip: dict[str, Any]) -> None:
+                outcomes: list[Any], reason: str, tip: dict[str, Any],
+                store: Store | None = None) -> None:
     """Write the final parseable outcome line of one collection."""
     import hashlib
-    arlog.outcome(config.log_file, {
+    arlog.outcome(config, {
         "outcome": outcome, "command": request.command,
         "srcip": str(request.srcip) if request.srcip else "-",
         "incident": incident_id,
         "steps": ",".join(f"{o.collector}:{o.outcome}" for o in outcomes) or "-",
         "manifest_sha256": hashlib.sha256((canonical_json(tip) + "\n").encode()).hexdigest(),
-        "reason": reason or "-"})
+        "reason": reason or "-"}, store)
 
 
 def main(argv: list[str]) -> int:
-    """Worker entry: drain the queue while holding a slot, then exit."""
+    """Worker entry: drain the queue while holding a slot, then deliver kept outcome lines.
+
+    Once the queue is empty and the slot is released, the worker lingers
+    (``outcome_linger_s``) while outcome lines written with the install's
+    logcollector down are pending, and delivers them when it is back.
+    """
     args = dict(zip(argv[::2], argv[1::2]))
     slot = {"fd": int(args["--slot-fd"])}
     ossec_dir = args["--ossec-dir"]
@@ -220,14 +226,28 @@ def main(argv: list[str]) -> int:
         store = open_store(config)
     except (ConfigError, StoreError):
         return 3
+    code = _drain(config, store, slot, args["--config"], ossec_dir)
+    if slot["fd"] is not None:  # never linger in a slot
+        os.close(slot["fd"])
+        slot["fd"] = None
+    try:
+        delivery.recover_claims(store)
+        delivery.linger(config, store)
+    except (OSError, DfirError):
+        pass
+    return code
 
+
+def _drain(config: Config, store: Store, slot: dict[str, int | None], config_path: str,
+           ossec_dir: str) -> int:
+    """Take queued jobs while holding the slot; return the worker's exit code."""
     reap_orphans(config, store)
 
     def handoff() -> None:
         """Only continuous collectors (captures) are left: give the slot to a new worker."""
         if slot["fd"] is not None:
             try:
-                spawn(slot["fd"], args["--config"], ossec_dir)
+                spawn(slot["fd"], config_path, ossec_dir)
             except OSError:
                 return  # keep the slot and simply wait
             os.close(slot["fd"])
@@ -251,10 +271,13 @@ def main(argv: list[str]) -> int:
             run_job(config, store, job, (slot["fd"],) if slot["fd"] is not None else (),
                     handoff)
         except (DfirError, KeyError, ValueError, OSError) as err:
-            arlog.outcome(config.log_file, {"outcome": "failed",
-                                            "command": job.get("request", {}).get("command"),
-                                            "incident": job.get("incident"),
-                                            "reason": f"{type(err).__name__}: {err}"})
+            record = job.get("request") if isinstance(job.get("request"), dict) else {}
+            # Same field order as log_outcome, so the shipped decoder reads it (rule 100903).
+            arlog.outcome(config, {"outcome": "failed", "command": record.get("command") or "-",
+                                   "srcip": record.get("srcip") or "-",
+                                   "incident": job.get("incident") or "-", "steps": "-",
+                                   "manifest_sha256": "-",
+                                   "reason": f"{type(err).__name__}: {err}"}, store)
         finally:
             done_job(store, name)
         if slot["fd"] is None:

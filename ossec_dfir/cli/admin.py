@@ -7,8 +7,10 @@ import os
 
 from ..ar.simulate import find_script, ossec_argv, run_ossec, run_wazuh, wazuh_message
 from ..config import Config
-from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE
+from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE, InstallError
 from ..ossec import install as ossec_install
+from ..ossec import conftext, files, manager, ossecconf, snippets
+from ..ossec.layout import installation
 from .common import load_config
 
 
@@ -45,8 +47,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    """Install the AR executables and config into --ossec-dir; print the conf snippet."""
+    """Install the AR executables and config into --ossec-dir; with options, edit and check OSSEC's files."""
     config = load_config(args)
+    binds = snippets.parse_binds(args.bind or [], config)
     problems = ossec_install.unsafe_code_paths() if os.geteuid() == 0 else []
     if problems and not args.allow_unsafe_paths:
         print("refusing to install: execd would run, as root, code that others can change:")
@@ -55,11 +58,62 @@ def cmd_install(args: argparse.Namespace) -> int:
         print("install ossec-dfir in a root-owned virtualenv (e.g. /opt/ossec-dfir), or pass "
               "--allow-unsafe-paths for a test tree")
         return 2
-    flavor = args.flavor if args.flavor != "auto" else ossec_install.detect_flavor(args.ossec_dir)
-    for line in ossec_install.install(config, args.ossec_dir, args.edit_ossec_conf, flavor):
+    inst = installation(args.ossec_dir, args.flavor)
+    if inst.is_agent and (binds or args.manager):
+        raise InstallError(f"{inst.root} is an agent (no {inst.flavor}-analysisd): --bind and "
+                           "--manager belong on the manager, whose ossec.conf holds <command> "
+                           "and <active-response> and whose analysisd decodes the outcome "
+                           "lines; nothing was installed", EXIT_BAD_INPUT)
+    print(f"{inst.root}: {inst.flavor} {inst.kind}")
+    for line in ossec_install.install_files(config, inst):
         print(line)
-    print(f"\nAdd to {os.path.join(args.ossec_dir, 'etc', 'ossec.conf')} ({flavor}):\n")
-    print(ossec_install.conf_snippet(ossec_install.commands(config), flavor))
+    if args.manager:
+        for line in manager.install_manager(inst):
+            print(line)
+    if args.edit_ossec_conf:
+        for line in ossecconf.edit(inst, config, binds):
+            print(line)
+    else:
+        current = files.read_text(inst.ossec_conf) or ""
+        block = conftext.marked(ossecconf.new_text(inst, config, current, binds)[0],
+                                inst.ossec_conf)
+        if block:
+            print(f"\nAdd to {inst.ossec_conf} ({inst.flavor}), or run again with "
+                  f"--edit-ossec-conf:\n")
+            print(block, end="")
+        if not args.manager and not inst.is_agent:
+            print(f"\nOutcome alerts: run again with --manager (decoder and rules into "
+                  f"{inst.decoder_file} and {inst.rules_file})")
+    if inst.is_agent:
+        print("\nThis is an agent: the <command> and <active-response> blocks go into the "
+              "MANAGER's ossec.conf (ossec-dfir install --edit-ossec-conf --manager --bind ... "
+              "on the manager); the executables must be here.")
+    if not binds and not inst.is_agent:
+        print("\nNo rule runs a command yet: bind rules with --bind COMMAND=RULE_ID[,RULE_ID...] "
+              "(e.g. --bind dfir-pcap=5712,5720 --bind dfir-yara-file=550,554)")
+    runs = snippets.manual_runs(config, binds)
+    if runs:
+        print("\nManual runs from the manager (the -f name carries the response timeout, as "
+              "agent_control -L lists it):")
+        for line in runs:
+            print(f"  {os.path.join(inst.root, 'bin', line)}")
+        if inst.kind == "local":
+            print("  (a local install refuses agent 000: run `ossec-dfir collect` here instead)")
+    if args.edit_ossec_conf or args.manager:
+        print(f"\nRestart to apply: {os.path.join(inst.root, 'bin', inst.flavor + '-control')} "
+              "restart")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    """Remove what install added from --ossec-dir; keep the config, YARA rules and evidence."""
+    inst = installation(args.ossec_dir, args.flavor)
+    for line in ossec_install.uninstall(inst.root, inst.flavor, args.edit_ossec_conf,
+                                        args.manager):
+        print(line)
+    if args.edit_ossec_conf or args.manager:
+        print(f"Restart to apply: {os.path.join(inst.root, 'bin', inst.flavor + '-control')} "
+              "restart")
     return 0
 
 
@@ -90,11 +144,25 @@ def add_parsers(sub: argparse._SubParsersAction, parents: list) -> None:
     """Register install, check-config and simulate."""
     p = sub.add_parser("install", help=cmd_install.__doc__, parents=parents)
     p.add_argument("--flavor", choices=("auto", "ossec", "wazuh"), default="auto")
+    p.add_argument("--bind", action="append", metavar="COMMAND=RULE_ID[,RULE_ID...]",
+                   help="run COMMAND when one of these rules fires (repeatable); without "
+                        "--bind only <command> blocks are written, nothing runs")
     p.add_argument("--edit-ossec-conf", action="store_true",
-                   help="append the blocks to ossec.conf (after a backup)")
+                   help="write the blocks and the <localfile> of active-responses.log into "
+                        "ossec.conf (backup first, between markers, checked with -t)")
+    p.add_argument("--manager", action="store_true",
+                   help="merge the outcome decoder and rules into the manager's local files "
+                        "and check them with logtest")
     p.add_argument("--allow-unsafe-paths", action="store_true",
                    help="install even if the interpreter or package is writable by non-root")
     p.set_defaults(func=cmd_install)
+    p = sub.add_parser("uninstall", help=cmd_uninstall.__doc__, parents=parents)
+    p.add_argument("--flavor", choices=("auto", "ossec", "wazuh"), default="auto")
+    p.add_argument("--edit-ossec-conf", action="store_true",
+                   help="also remove the ossec-dfir block from ossec.conf (backup first)")
+    p.add_argument("--manager", action="store_true",
+                   help="also remove the ossec-dfir decoder and rules blocks")
+    p.set_defaults(func=cmd_uninstall)
     p = sub.add_parser("check-config", help=cmd_check_config.__doc__, parents=parents)
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("simulate", help=cmd_simulate.__doc__, parents=parents)

@@ -36,6 +36,10 @@ COLLECTOR_MODULES = ("host", "pcap.collector", "triage.collector", "memory.colle
                      "yara.collector", "files.collector")
 
 OUTCOMES = ("complete", "partial", "failed", "skipped")
+# Why a continuous collector (a capture) was told to stop (Context.should_stop).
+DELETE_STOP = "delete received"
+SHUTDOWN_STOP = "delete received: stopped by execd shutdown (ossec-control stop/restart)"
+HAND_STOP = "stopped by hand (ossec-dfir stop)"
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..base import BINARY_DIRS, Collector, Context, Params, Result, register
+from ..base import (BINARY_DIRS, DELETE_STOP, HAND_STOP, SHUTDOWN_STOP, Collector, Context,
+    Params, Result, register)
 from ...evidence.store import utc_now
 
 BACKENDS = ("auto", "tcpdump", "native")
 INTERFACE_RE = re.compile(r"^(any|[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14})$")
 SYSFS_NET = "/sys/class/net"
 MAX_SNAPLEN = 262144
-NORMAL_STOPS = ("delete received", "stopped by hand (ossec-dfir stop)")
+NORMAL_STOPS = (DELETE_STOP, HAND_STOP, SHUTDOWN_STOP)
 
 
 @dataclass(frozen=True)
@@ -197,4 +198,8 @@ def _judge(stats: dict[str, Any]) -> Result:
     dropped = int(stats.get("dropped_by_kernel") or 0)
     if dropped:
         result.degrade(f"{dropped} packets dropped by the kernel")
+    if reason == SHUTDOWN_STOP:
+        # Not a degradation, but the capture ended with OSSEC's stop/restart, not its
+        # timeout: the outcome line says so.
+        result.reason = reason + (f"; {result.reason}" if result.reason else "")
     return result

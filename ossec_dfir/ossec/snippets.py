@@ -1,0 +1,147 @@
+"""Generate the ossec.conf blocks of ossec-dfir: <command>, <active-response>, <localfile>.
+
+No ``<disabled>`` element is ever written: OSSEC's execd reads the first one
+it finds in any ``<active-response>`` as the switch for ALL responses, and a
+disabled block after enabled ones clears analysisd's response flags. A
+command that should not run simply has no ``<active-response>``; install
+writes one only for the rules the administrator names with ``--bind``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ..config import Config, Profile
+from ..errors import EXIT_BAD_INPUT, InstallError
+
+_RULE_ID = re.compile(r"[1-9][0-9]{0,5}")
+_BIND = re.compile(r"([A-Za-z0-9_.-]+)=(.*)")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """An enabled <active-response>: an AR command and the rule ids that run it."""
+
+    command: str
+    rule_ids: tuple[str, ...]
+
+
+def commands(config: Config) -> list[str]:
+    """Return the AR command names: the profiles whose name starts with dfir-."""
+    return sorted(n for n in config.profiles if n.startswith("dfir-"))
+
+
+def parse_binds(values: list[str], config: Config) -> list[Binding]:
+    """Parse repeated --bind COMMAND=RULE_ID[,RULE_ID...]; refuse anything unexpected.
+
+    The same command given twice gets the union of its rule ids (in order).
+    """
+    names = commands(config)
+    merged: dict[str, list[str]] = {}
+    for value in values:
+        match = _BIND.fullmatch(value)
+        if not match:
+            raise InstallError(f"--bind {value!r}: expected COMMAND=RULE_ID[,RULE_ID...], "
+                               "e.g. dfir-pcap=5710,5712", EXIT_BAD_INPUT)
+        command, ids = match.group(1), match.group(2).split(",")
+        if command not in names:
+            raise InstallError(f"--bind {value!r}: {command!r} is not an AR command of the "
+                               f"config (known: {', '.join(names)})", EXIT_BAD_INPUT)
+        bad = [i for i in ids if not _RULE_ID.fullmatch(i)]
+        if bad:
+            raise InstallError(f"--bind {value!r}: rule ids are 1 to 6 digits, not starting "
+                               f"with 0 (refused: {', '.join(repr(b) for b in bad)})",
+                               EXIT_BAD_INPUT)
+        rules = merged.setdefault(command, [])
+        rules += [i for i in ids if i not in rules]
+    return [Binding(c, tuple(r)) for c, r in sorted(merged.items())]
+
+
+def expect_element(profile: Profile) -> str:
+    """Return the OSSEC <expect> element of a profile."""
+    value = "" if profile.expect == "none" else profile.expect
+    return f"<expect>{value}</expect>"
+
+
+def command_block(profile: Profile, flavor: str) -> list[str]:
+    """Return the <command> lines of a profile (Wazuh ignores <expect>: left out)."""
+    out = ["  <command>", f"    <name>{profile.name}</name>",
+           f"    <executable>{profile.name}</executable>"]
+    if flavor == "ossec":
+        out.append(f"    {expect_element(profile)}")
+    allowed = "yes" if profile.ar_timeout_s is not None else "no"
+    return out + [f"    <timeout_allowed>{allowed}</timeout_allowed>", "  </command>", ""]
+
+
+def response_block(profile: Profile, binding: Binding) -> list[str]:
+    """Return the enabled <active-response> lines of a binding."""
+    out = ["  <active-response>", f"    <command>{profile.name}</command>",
+           "    <location>local</location>", f"    <rules_id>{','.join(binding.rule_ids)}</rules_id>"]
+    if profile.ar_timeout_s is not None:
+        out.append(f"    <timeout>{profile.ar_timeout_s}</timeout>")
+    return out + ["  </active-response>", ""]
+
+
+def localfile_block(log_path: str) -> list[str]:
+    """Return the <localfile> that makes logcollector read the active-response log."""
+    return ["  <localfile>", "    <log_format>syslog</log_format>",
+            f"    <location>{log_path}</location>", "  </localfile>", ""]
+
+
+def conf_body(config: Config, flavor: str, binds: list[Binding] | tuple = (),
+              localfile: str | None = None, with_commands: bool = True) -> str:
+    """Return one <ossec_config> block: the commands, the bound responses, the localfile."""
+    out = ["<ossec_config>"]
+    if with_commands:
+        for name in commands(config):
+            out += command_block(config.profiles[name], flavor)
+    for binding in binds:
+        out += response_block(config.profiles[binding.command], binding)
+    if localfile:
+        out += localfile_block(localfile)
+    if out[-1] == "":
+        out.pop()
+    out.append("</ossec_config>")
+    return "\n".join(out) + "\n"
+
+
+def conf_snippet(config: Config, flavor: str, binds: list[Binding] | tuple = (),
+                 localfile: str | None = None, with_commands: bool = True) -> str:
+    """Return the text to add to ossec.conf, with a comment naming its origin."""
+    return (f"<!-- ossec-dfir {flavor} active responses: generated by `ossec-dfir install` -->\n"
+            + conf_body(config, flavor, binds, localfile, with_commands))
+
+
+def manual_runs(config: Config, binds: list[Binding]) -> list[str]:
+    """Return the agent_control -b command lines for the bound srcip commands.
+
+    The -f name is the command name with the response's timeout appended
+    (``agent_control -L`` lists it); a manual run passes only an IP.
+    """
+    lines = []
+    for binding in binds:
+        profile = config.profiles[binding.command]
+        if profile.expect == "srcip":
+            lines.append(f"agent_control -b 203.0.113.5 -f {profile.name}"
+                         f"{profile.ar_timeout_s or 0} -u <agent id>")
+    return lines
+
+
+def write_snippets(directory: str) -> list[str]:
+    """Write etc/ossec.conf.d/: the command snippets of the defaults and the manager XML."""
+    from ..config import load
+    from . import manager
+    config = load(None)
+    paths = []
+    for flavor in ("ossec", "wazuh"):
+        path = os.path.join(directory, f"{flavor}-active-response.xml")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(conf_snippet(config, flavor))
+        paths.append(path)
+    for name in manager.XML_FILES:
+        path = os.path.join(directory, name)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(manager.packaged_xml(name))
+        paths.append(path)
+    return paths
