@@ -389,9 +389,6 @@ class OssecTree:
         from ossec_dfir.ossec.install import unsafe_code_paths
         if unsafe_code_paths():
             args.append("--allow-unsafe-paths")
-        if "--bind" not in self.dfir("install", "--help").stdout:
-            return _TEMPORARY_hand_install(self, binds or {}, manager, edit,
-                                           "--allow-unsafe-paths" in args)
         res = self.dfir(*args)
         assert res.returncode == 0, f"ossec-dfir {' '.join(args)} failed ({res.returncode}):\n" \
                                     f"{res.stdout}{res.stderr}"
@@ -449,50 +446,6 @@ def parse_logtest(output: str, count: int) -> list[dict[str, str]]:
                         "alert": "yes" if "**Alert to be generated." in part else "no",
                         **{f"field:{k}": v for k, v in fields.items()}})
     return results
-
-
-def _TEMPORARY_hand_install(tree: OssecTree, binds: dict[str, str], manager: bool, edit: bool,
-                            unsafe: bool) -> str:
-    """TEMPORARY (until helper A's install --bind/--manager is merged): REMOVE BEFORE FINISHING.
-
-    Writes by hand what the documented install is to write, so that the
-    rest of the tests can be exercised on today's code.
-    """
-    import yaml
-    cfg = tree.path("etc", "ossec-dfir.yml")
-    timeouts = {}
-    if cfg.exists():
-        doc = yaml.safe_load(cfg.read_text()) or {}
-        for name, prof in (doc.get("profiles") or {}).items():
-            if "ar_timeout_s" in prof:
-                timeouts[name] = prof.pop("ar_timeout_s")
-        cfg.write_text(yaml.safe_dump(doc))
-    res = tree.dfir("install", *(["--allow-unsafe-paths"] if unsafe else []))
-    assert res.returncode == 0, res.stdout + res.stderr
-    if manager:
-        import shutil
-        shutil.copy(CHECKOUT / "etc" / "ossec.conf.d" / "local_decoder.xml",
-                    tree.path("etc", "local_decoder.xml"))
-        rules = tree.path("rules", "local_rules.xml")
-        rules.write_text(rules.read_text() +
-                         (CHECKOUT / "etc" / "ossec.conf.d" / "local_rules.xml").read_text())
-    if not edit:
-        return res.stdout
-    out = ["<ossec_config>"]
-    for name in binds:
-        out.append(f"<command><name>{name}</name><executable>{name}</executable>"
-                   "<expect>srcip</expect><timeout_allowed>yes</timeout_allowed></command>")
-    for name, rules in binds.items():
-        out.append(f"<active-response><command>{name}</command><location>local</location>"
-                   f"<rules_id>{rules}</rules_id><timeout>{timeouts.get(name, 600)}</timeout>"
-                   "</active-response>")
-    out.append(f"<localfile><log_format>syslog</log_format><location>{tree.ar_log}</location>"
-               "</localfile></ossec_config>")
-    with open(tree.ossec_conf, "a") as fh:
-        fh.write("\n".join(out) + "\n")
-    if not tree.ar_log.exists():
-        tree.ar_log.touch()
-    return res.stdout
 
 
 def dfir_blocks(conf: str) -> list[str]:
