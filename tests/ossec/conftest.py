@@ -243,7 +243,8 @@ class OssecTree:
                 pid = int(entry.read_text().strip())
             except (OSError, ValueError):
                 continue
-            if _cmdline(pid)[:1] and _cmdline(pid)[0].endswith(name) and _session(pid):
+            argv = _cmdline(pid)
+            if argv and argv[0] == str(self.path("bin", name)) and _session(pid):
                 return pid
         return None
 
@@ -270,10 +271,11 @@ class OssecTree:
         if pid is None:
             return False
         try:
-            ino = os.stat(path).st_ino
+            st = os.stat(path)
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 try:
-                    if os.stat(f"/proc/{pid}/fd/{fd}").st_ino == ino:
+                    held = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino):
                         return True
                 except OSError:
                     continue
@@ -471,10 +473,16 @@ def site_setup(tree: OssecTree, auth_log: Path | None = None, watch_dir: Path | 
 
     OSSEC watches an auth log (``<localfile>``, syslog) and, for syscheck,
     only watch_dir in realtime, with alerts for new files (the defaults would
-    first hash /etc, /usr/bin... for minutes). This is the OSSEC
-    configuration ossec-dfir's install finds on a host, not ossec-dfir's:
-    its own blocks are written by ``ossec-dfir install`` only.
+    first hash /etc, /usr/bin... for minutes). With a watch_dir, syscheckd's
+    pauses (``syscheck.sleep``, 2 s by default, multiplied up to 15 times
+    before the first scan) are set to 0 in etc/local_internal_options.conf,
+    OSSEC's place for such tuning. This is the OSSEC configuration
+    ossec-dfir's install finds on a host, not ossec-dfir's: its own blocks
+    are written by ``ossec-dfir install`` only.
     """
+    if watch_dir is not None:
+        with open(tree.path("etc", "local_internal_options.conf"), "a") as fh:
+            fh.write("\nsyscheck.sleep=0\n")
     text = tree.ossec_conf.read_text()
     directories = (f'    <directories realtime="yes" check_all="yes">{watch_dir}</directories>\n'
                    if watch_dir else "")

@@ -69,11 +69,12 @@ def test_sshd_alert_runs_triage_and_pcap(ossec_local: OssecTree, site) -> None:
         r["command"] == "dfir-pcap" and r["incident"] == incident
         for r in tree.dfir_status()["running"]), 30, detail=tree.diagnostics)
 
-    # ossec-control stop: execd runs the pending delete, the capture ends.
-    tree.stop()
-    wait_for("the pcap outcome line", lambda: tree.outcome_lines("command=dfir-pcap "), 60,
-             detail=tree.diagnostics)
-    tree.end_dfir_processes()
+    # The administrator ends the capture by hand (as the delete would); its outcome alerts too.
+    res = tree.dfir("stop", ip)
+    assert res.returncode == 0, res.stdout + res.stderr
+    pcap = tree.wait_alert(OUTCOME_RULES, f"command=dfir-pcap srcip={ip} ", timeout_s=60)
+    assert pcap.rule_id == "100901" and f"incident={incident} " in pcap.log, pcap.text
+    assert tree.end_dfir_processes() == [], "a worker was still running"
     res = tree.verify(incident)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{incident}: OK" in res.stdout

@@ -38,10 +38,10 @@ def test_syscheck_change_runs_yara_on_that_exact_file_first(ossec_local: OssecTr
     assert re.search(r"<name>dfir-yara-file</name>\s*<executable>dfir-yara-file</executable>"
                      r"\s*<expect>filename</expect>", tree.ossec_conf.read_text())
     tree.start()
-    wait_for("syscheck's first scan to end (realtime monitoring on)", lambda: (
+    wait_for("syscheck's database to be built (realtime monitoring on)", lambda: (
         "Real time file monitoring started" in tree.log_since("ossec")
-        and "Ending syscheck scan" in tree.log_since("ossec")), 90, interval_s=1,
-        detail=tree.diagnostics)
+        and "Finished creating syscheck database" in tree.log_since("ossec")), 90,
+        interval_s=1, detail=tree.diagnostics)
     wait_for("logcollector to read logs/active-responses.log",
              lambda: tree.logcollector_reads(tree.ar_log), 30, detail=tree.diagnostics)
 
