@@ -115,7 +115,9 @@ def stat_and_status(pid: int, boot: float, rec: dict[str, Any]) -> tuple[int, in
     (bytes), uids and gids ({real, effective, saved}). Raises OSError when the
     process is gone.
     """
-    raw = read_bytes(f"{PROC}/{pid}/stat", 4096, single_record=True).decode("utf-8", "replace")
+    # surrogateescape keeps a name's bytes; writers escape them as \xNN (evidence/text.py)
+    raw = read_bytes(f"{PROC}/{pid}/stat", 4096, single_record=True).decode(
+        "utf-8", "surrogateescape")
     rpar = raw.rfind(")")
     f = raw[rpar + 2:].split()
     rec["name"] = raw[raw.find("(") + 1:rpar]

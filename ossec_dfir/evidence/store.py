@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import fs
+from . import fs, text as _text
 from .. import __version__
 from ..errors import ReserveReached, StoreError
 
@@ -54,9 +54,11 @@ def utc_now() -> str:
 
 
 def canonical_json(obj: Any) -> str:
-    """Serialise obj as one ASCII JSON line with sorted keys (stable hashing)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      default=str)
+    """Serialise obj as one ASCII JSON line with sorted keys (stable hashing).
+
+    Host text that is not valid UTF-8 is escaped (evidence/text.py), never an error.
+    """
+    return _text.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def custody() -> dict[str, Any]:
@@ -232,7 +234,7 @@ class Store:
                "host": identity(), "first_trigger": first_trigger,
                "tool": f"ossec-dfir {__version__}"}
         with incident.writer("store", INCIDENT_JSON) as w:
-            w.write((json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode())
+            w.write(_text.json_doc(doc))
         return incident
 
 

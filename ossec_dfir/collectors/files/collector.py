@@ -18,7 +18,6 @@ Evidence (``files/<NN>/``)::
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -29,6 +28,7 @@ from typing import Any
 from ..base import Collector, Context, Params, Result, register
 from ...errors import ReserveReached
 from ...evidence.store import utc_iso
+from ...evidence.text import json_line
 from . import search as fs
 
 DEFAULT_ROOTS = (
@@ -356,7 +356,7 @@ class _Search:
         return None
 
     def _emit(self, record: dict[str, Any]) -> None:
-        self.out.write((json.dumps(record, sort_keys=True, default=str) + "\n").encode())
+        self.out.write(json_line(record))
         self.matched += 1
 
     # -- result ---------------------------------------------------------------
