@@ -10,9 +10,9 @@ file, YARA external or report that meets it. The scheme, everywhere:
   hex), as Python's ``backslashreplace`` writes it; any other lone surrogate
   (only possible in decoded JSON) becomes ``\\uXXXX``;
 * text that is valid UTF-8 is left exactly as it was;
-* when a top-level field of a record had to be escaped, the record also gets
-  ``<field>_hex`` with the exact bytes (unless it has such a field already),
-  so the original name can always be recovered.
+* when a string field of a record (an object, at any depth) had to be
+  escaped, the object also gets ``<field>_hex`` with the exact bytes (unless
+  it has such a field already), so the original name can always be recovered.
 
 For a terminal (``display``) control characters and the Unicode direction
 overrides are escaped the same way, so a name cannot move the cursor, clear a
@@ -70,15 +70,15 @@ def display(text: Any) -> str:
 
 
 def clean(obj: Any) -> Any:
-    """Return obj with every string escaped (keys too); dicts gain ``<key>_hex``.
+    """Return obj with every string escaped (keys too); objects gain ``<key>_hex``.
 
     Returns obj itself (no copy) when nothing needed escaping.
     """
-    out, _ = _clean(obj, top=True)
+    out, _ = _clean(obj)
     return out
 
 
-def _clean(obj: Any, top: bool = False) -> tuple[Any, bool]:
+def _clean(obj: Any) -> tuple[Any, bool]:
     if isinstance(obj, str):
         if needs_escape(obj):
             return escape(obj), True
@@ -90,7 +90,7 @@ def _clean(obj: Any, top: bool = False) -> tuple[Any, bool]:
         for key, value in obj.items():
             new_key, key_changed = _clean(key) if isinstance(key, str) else (key, False)
             new_value, value_changed = _clean(value)
-            if top and value_changed and isinstance(value, str) and isinstance(key, str):
+            if value_changed and isinstance(value, str) and isinstance(key, str):
                 hexes[f"{new_key}_hex"] = raw_bytes(_lone_to_bytes(value)).hex()
             changed = changed or key_changed or value_changed
             items.append((new_key, new_value))
