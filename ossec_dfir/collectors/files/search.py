@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ...evidence.store import utc_iso
+from ...evidence.store import utc_iso_ns
 
 CHUNK_BYTES = 1 << 20
 MAX_IOC_FILE_BYTES = 64 << 20
@@ -239,7 +239,7 @@ def stat_record(path: str, st: os.stat_result) -> dict[str, Any]:
         "nlink": st.st_nlink}
     for key in ("atime", "mtime", "ctime"):
         ns = getattr(st, f"st_{key}_ns")
-        record[key] = utc_iso(ns / 1e9)
+        record[key] = utc_iso_ns(ns)
         record[f"{key}_ns"] = ns
     try:
         path.encode("utf-8")

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ... import procfs
-from ...evidence.store import utc_iso
+from ...evidence.store import utc_iso, utc_iso_ns
 
 SYS = "/sys"
 # Bits of /proc/sys/kernel/tainted (Documentation/admin-guide/tainted-kernels.rst).
@@ -175,7 +175,7 @@ def auth_log_tail(paths: tuple[str, ...], max_lines: int, max_bytes: int
         if lines and not lines[-1]:
             lines.pop()
         lines = lines[-max_lines:] if max_lines else []
-        info = {"path": log_path, "size": st.st_size, "mtime": utc_iso(st.st_mtime),
+        info = {"path": log_path, "size": st.st_size, "mtime": utc_iso_ns(st.st_mtime_ns),
                 "read_from_offset": start, "lines": len(lines)}
         return ([{"path": log_path, "line": line.decode("utf-8", "replace")} for line in lines],
                 info, problems)

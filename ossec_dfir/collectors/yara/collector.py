@@ -26,7 +26,7 @@ from typing import Any
 from . import rules as _yararules
 from ...evidence import text as _text
 from ...evidence.fs import sha256_fd
-from ...evidence.store import utc_iso
+from ...evidence.store import utc_iso_ns
 from ..base import Collector, Context, Params, Result, register
 from ...errors import LimitReached
 from .. import walk as _walk
@@ -295,7 +295,8 @@ class _FileScan:
             return
         self.matched += 1
         base = {"type": "file", "origin": origin, "path": path, "size": st.st_size,
-                "mtime": utc_iso(st.st_mtime), "ctime": utc_iso(st.st_ctime),
+                "mtime": utc_iso_ns(st.st_mtime_ns), "ctime": utc_iso_ns(st.st_ctime_ns),
+                "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
                 "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid, "gid": st.st_gid,
                 "owner": self.owner(st.st_uid), "inode": st.st_ino,
                 "sha256": outcome.get("sha256"), "scanned_bytes": outcome["scanned_bytes"],
