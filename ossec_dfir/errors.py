@@ -92,3 +92,7 @@ class Skipped(DfirError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class RegexTimeout(DfirError):
+    """A content regex did not finish on one input within its time bound."""
