@@ -254,10 +254,12 @@ class Context:
         return w.sha256
 
     def write_json(self, name: str, obj: Any, meta: dict[str, Any] | None = None) -> str:
-        """Write obj as pretty JSON into one evidence file; return its sha256."""
-        import json
-        return self.write_bytes(
-            name, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), meta)
+        """Write obj as pretty JSON into one evidence file; return its sha256.
+
+        Host text that is not valid UTF-8 is escaped as ``\\xNN`` (evidence/text.py).
+        """
+        from ..evidence.text import json_doc
+        return self.write_bytes(name, json_doc(obj), meta)
 
     def note(self, message: str) -> None:
         """Record a remark for the collector's manifest entry (e.g. a skipped item)."""
