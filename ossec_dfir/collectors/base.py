@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import trust
 from ..errors import ConfigError, Skipped
 
 if TYPE_CHECKING:
@@ -176,13 +177,17 @@ def _coerce(value: Any, default: Any) -> tuple[Any, str | None]:
 
 
 def find_binary(name: str, configured: dict[str, str] | None = None) -> str | None:
-    """Return an absolute path for a tool: the configured one or a fixed directory list."""
+    """Return an absolute path for a tool: the configured one or a fixed directory list.
+
+    Run as root, a tool that a non-root user could change (trust.py) is never
+    returned: it is as good as absent.
+    """
     path = (configured or {}).get(name)
-    if path:
-        return path if os.path.isabs(path) and os.access(path, os.X_OK) else None
-    for directory in BINARY_DIRS:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+    candidates = [path] if path else [os.path.join(d, name) for d in BINARY_DIRS]
+    for candidate in candidates:
+        if os.path.isabs(candidate) and os.path.isfile(candidate) and \
+                os.access(candidate, os.X_OK) and \
+                (os.geteuid() != 0 or not trust.path_problems(candidate)):
             return candidate
     return None
 
