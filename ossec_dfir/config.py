@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import trust
 from .errors import ConfigError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default-config.yml")
@@ -149,6 +150,13 @@ def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:
     if path is not None:
         if not os.path.exists(path):
             raise ConfigError(["config file does not exist"], path)
+        untrusted = trust.path_problems(path) if os.geteuid() == 0 else []
+        if untrusted:
+            # It names the binaries and directories root runs and reads: a file a
+            # user can change (or a directory above it) would hand them root.
+            raise ConfigError(["running as root, the config file and every directory above it "
+                               "must be owned by root and writable by nobody else"] +
+                              untrusted, path)
         user, user_text = _read_yaml(path)
         for key, value in user.items():
             if key == "collectors" and isinstance(value, dict) and isinstance(
@@ -236,6 +244,9 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
         for name, path in binaries.items():
             if not isinstance(path, str) or not os.path.isabs(path):
                 problems.append(f"{where('binaries.' + str(name))}: must be an absolute path")
+            elif os.geteuid() == 0 and os.path.lexists(path):
+                problems += [f"{where('binaries.' + str(name))}: {p} (root would run it)"
+                             for p in trust.path_problems(path)]
 
     registry = load_collectors()
     collectors = data.get("collectors") or {}

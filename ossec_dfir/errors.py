@@ -101,3 +101,7 @@ class InstallError(DfirError):
         self.reason = reason
         self.exit_code = exit_code
         super().__init__(reason)
+
+
+class RegexTimeout(DfirError):
+    """A content regex did not finish on one input within its time bound."""

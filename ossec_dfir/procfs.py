@@ -11,9 +11,15 @@ import errno
 import os
 import re
 import stat
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar
 
 from .evidence.fs import sha256_fd
+from .evidence.text import display
+
+_T = TypeVar("_T")
+# What a parser of one table line may raise on a line it does not understand.
+LINE_ERRORS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError,
+               UnicodeError)
 
 PROC = "/proc"
 NAMESPACES = ("pid", "net", "mnt", "user")
@@ -43,6 +49,33 @@ def error_text(err: BaseException) -> str:
                                                                       "ZombieProcess"):
         return "process gone"
     return f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
+
+
+def parse_lines(lines: Iterable[_T], parse: Callable[[_T], dict[str, Any] | None],
+                source: str, problems: list[str]) -> list[dict[str, Any]]:
+    """Parse a table line by line: a malformed line costs that line only.
+
+    parse returns a record or None (a line to pass over, e.g. a header) and may
+    raise on a line it does not understand; such lines are counted and named
+    (escaped, cut) in one problem of source.
+    """
+    out: list[dict[str, Any]] = []
+    bad = 0
+    first: Any = None
+    for line in lines:
+        try:
+            rec = parse(line)
+        except LINE_ERRORS:
+            bad += 1
+            first = line if first is None else first
+            continue
+        if rec is not None:
+            out.append(rec)
+    if bad:
+        shown = first.decode("utf-8", "surrogateescape") if isinstance(first, bytes) else first
+        problems.append(f"{source}: {bad} malformed line(s) skipped (first: "
+                        f"{display(str(shown))[:160]})")
+    return out
 
 
 def read_text(file_path: str, max_bytes: int = 1 << 20) -> str:
@@ -115,7 +148,9 @@ def stat_and_status(pid: int, boot: float, rec: dict[str, Any]) -> tuple[int, in
     (bytes), uids and gids ({real, effective, saved}). Raises OSError when the
     process is gone.
     """
-    raw = read_bytes(f"{PROC}/{pid}/stat", 4096, single_record=True).decode("utf-8", "replace")
+    # surrogateescape keeps a name's bytes; writers escape them as \xNN (evidence/text.py)
+    raw = read_bytes(f"{PROC}/{pid}/stat", 4096, single_record=True).decode(
+        "utf-8", "surrogateescape")
     rpar = raw.rfind(")")
     f = raw[rpar + 2:].split()
     rec["name"] = raw[raw.find("(") + 1:rpar]

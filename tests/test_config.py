@@ -66,3 +66,53 @@ def test_unknown_profile_is_an_error():
     cfg = config_mod.load(None, "/var/ossec")
     with pytest.raises(ConfigError, match="no profile named"):
         cfg.profile("dfir-nothing")
+
+
+def _as_root():
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("the ownership rule applies when running as root")
+
+
+def test_a_config_a_user_can_change_is_refused_as_root(tmp_path):
+    """A user-owned ossec-dfir.yml (or one in a user-writable directory) names what root
+    runs: refused, with the reason (issue 12 item 11)."""
+    import os
+    import pwd
+    _as_root()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "c.yml"
+    path.write_text("max_workers: 2\n")
+    assert config_mod.load(str(path)).max_workers == 2
+    os.chown(path, nobody, -1)
+    with pytest.raises(ConfigError, match="owned by uid"):
+        config_mod.load(str(path))
+    os.chown(path, 0, -1)
+    os.chmod(tmp_path, 0o777)
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        config_mod.load(str(path))
+
+
+def test_binaries_a_user_can_change_are_refused_and_never_run(tmp_path):
+    import os
+    import pwd
+
+    from ossec_dfir.collectors.base import find_binary
+    _as_root()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chmod(tmp_path, 0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    evil = home / "evil"
+    evil.write_text("#!/bin/sh\ntouch /tmp/pwned\n")
+    os.chmod(evil, 0o755)
+    os.chown(home, nobody, -1)
+    path = tmp_path / "c.yml"
+    path.write_text(f"binaries: {{ip: {evil}}}\n")
+    with pytest.raises(ConfigError, match="binaries.ip.*owned by uid"):
+        config_mod.load(str(path))
+    # and at run time, a tool a user can change is as good as absent
+    assert find_binary("ip", {"ip": str(evil)}) is None
+    os.chown(home, 0, -1)
+    assert find_binary("ip", {"ip": str(evil)}) == str(evil)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from typing import Callable
 
@@ -48,13 +49,17 @@ def append_line(log_file: str, line: str) -> bool:
 
 
 def _append_bytes(log_file: str, data: bytes) -> bool:
+    """Append data to log_file, which must be a regular file (never a link, a FIFO, a
+    device): the open never blocks (O_NONBLOCK), and anything else is refused."""
     try:
         os.makedirs(os.path.dirname(log_file), mode=0o750, exist_ok=True)
         fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW |
-                     os.O_CLOEXEC, 0o640)
+                     os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o640)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         fs.write_all(fd, data)
     except OSError:
         return False

@@ -163,7 +163,11 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
             args_text = "wazuh-json " + rq.sanitize(line.decode("utf-8", "replace"), 300)
             req = rq.from_wazuh_json(command, line)
         args_text = _request_text(req)
-        config.profile(command)
+        profile = config.profile(command)
+        if req.filename_problem and req.action == "add" and \
+                rq.profile_uses_filename(profile.steps):
+            # only a profile that reads the alert's file is refused for its name
+            raise BadRequest(req.filename_problem, "filename")
     except BadRequest as err:
         arlog.invocation(config.log_file, script, args_text, f"refused: {err}")
         return EXIT_BAD_INPUT

@@ -8,8 +8,12 @@ Two protocols (see shared/reference/active-response-protocol.md):
   "extra" (a location may contain spaces and take several slots).
 * Wazuh 4.2+: no arguments, one JSON line on stdin.
 
-Every field is attacker-influenced. Nothing here executes anything, and a
-field that does not validate refuses the whole invocation (BadRequest).
+Every field is attacker-influenced. Nothing here executes anything. Only the
+fields the collection acts on refuse the whole invocation (BadRequest) when
+they do not validate: the action and the srcip. The filename is refused by the
+entry point only for a profile that reads the alert's file. Every other field
+(user, location, agent name, timestamp, ids, extra args) is kept as bounded,
+escaped text (``\\xNN``) or dropped, with a note in the trigger record.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import BadRequest
+from ..evidence.text import display as _display, escape as _escape
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -60,6 +65,10 @@ class Request:
     extra_args: tuple[str, ...] = ()
     manual: bool = False
     alert_timestamp: str | None = None
+    # Why the alert's filename could not be used (None when it could or was absent).
+    filename_problem: str | None = None
+    # What was escaped, cut or dropped from fields the collection does not act on.
+    notes: tuple[str, ...] = ()
     received: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ"))
     raw: str = ""
@@ -78,14 +87,23 @@ class Request:
                 "location": self.location, "filename": self.filename,
                 "extra_args": list(self.extra_args), "manual": self.manual,
                 "alert_timestamp": self.alert_timestamp, "received": self.received,
-                "raw": self.raw}
+                "raw": self.raw, "filename_problem": self.filename_problem,
+                "notes": list(self.notes)}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Request:
         """Rebuild a Request from to_record() output (re-validating the IP)."""
         values = dict(rec)
+        for name in ("filename", "user", "location", "agent_name"):
+            # a name the JSON record had to escape comes back with its exact bytes
+            if isinstance(rec.get(f"{name}_hex"), str) and isinstance(rec.get(name), str):
+                try:
+                    values[name] = os.fsdecode(bytes.fromhex(rec[f"{name}_hex"]))
+                except ValueError:
+                    pass
         values["srcip"] = parse_ip(rec["srcip"]) if rec.get("srcip") else None
         values["extra_args"] = tuple(rec.get("extra_args") or ())
+        values["notes"] = tuple(rec.get("notes") or ())
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -125,19 +143,66 @@ def _check_text(value: Any, field_name: str, max_chars: int = MAX_ARG_CHARS) -> 
     return value
 
 
-def _opt(value: str) -> str | None:
+def _kept_text(value: Any, field_name: str, notes: list[str],
+               max_chars: int = MAX_ARG_CHARS) -> str | None:
+    """Keep a field the collection does not act on as bounded, escaped text, never refusing.
+
+    Control characters and undecodable bytes become ``\\xNN``; a value longer
+    than max_chars is cut; a value that is not a string is kept as its JSON
+    text. Each change is noted.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = json.dumps(value, default=str)[:max_chars + 1]
+        notes.append(f"{field_name}: not a string; kept as its JSON text")
+    text = _display(value)
+    if text != value:
+        notes.append(f"{field_name}: control characters or invalid UTF-8 escaped as \\xNN")
+    if len(text) > max_chars:
+        text = text[:max_chars]
+        notes.append(f"{field_name}: longer than {max_chars} characters; cut")
+    return text
+
+
+def _kept_id(value: Any, pattern: re.Pattern[str], field_name: str, what: str,
+             notes: list[str]) -> str | None:
+    """Return an id that matches pattern, or None with a note showing what came."""
+    if value is None or (isinstance(value, str) and pattern.fullmatch(value)):
+        return value
+    shown = _kept_text(value, field_name, [], 64)
+    notes.append(f"{field_name}: not {what}; dropped (was {shown})")
+    return None
+
+
+def _opt(value: str | None) -> str | None:
     return None if value in ("-", "") else value
 
 
-def _user(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = _check_text(value, "user", 256)
-    if _opt(text) is None:
-        return None
-    if not _USER.fullmatch(text):
-        raise BadRequest("not a user name", "user")
+def _user(value: Any, notes: list[str] | None = None) -> str | None:
+    """Return the user as escaped text: never used to act, so never refused (noted)."""
+    notes = [] if notes is None else notes
+    text = _opt(_kept_text(value, "user", notes, 256))
+    if text is not None and not _USER.fullmatch(text):
+        notes.append("user: not a plain user name; kept as escaped text, never used to act")
     return text
+
+
+def _alert_filename(value: Any, field_name: str,
+                    notes: list[str]) -> tuple[str | None, str | None]:
+    """Return (filename, why it is unusable); the entry point refuses only a profile using it."""
+    try:
+        name = _filename(value)
+        if name is not None:
+            os.fsencode(name)  # a lone surrogate from JSON names no file
+        return name, None
+    except UnicodeEncodeError:
+        notes.append(f"{field_name}: not usable as the alert's file (not a file name)")
+        return None, f"not a file name ({field_name})"
+    except BadRequest as err:
+        shown = _kept_text(value, field_name, [], 256)
+        notes.append(f"{field_name}: not usable as the alert's file ({err.reason}): {shown}")
+        return None, f"{err.reason} ({field_name})"
 
 
 def _filename(value: Any) -> str | None:
@@ -157,6 +222,12 @@ def _action(value: Any) -> str:
     return str(value)
 
 
+def profile_uses_filename(steps: Any) -> bool:
+    """Return True when a profile's steps read the alert's file (files or yara)."""
+    return any(getattr(step.params, "include_alert_file", False)
+               or getattr(step.params, "scan_alert_file", False) for step in steps)
+
+
 def sanitize(text: str, max_chars: int = 512) -> str:
     """Return text safe for a one-line log: printable ASCII, escaped, bounded."""
     out = text.encode("unicode_escape", "backslashreplace").decode("ascii")
@@ -168,31 +239,30 @@ def from_ossec_argv(command: str, args: list[str]) -> Request:
     if len(args) > MAX_ARGS:
         raise BadRequest(f"more than {MAX_ARGS} arguments", "argv")
     for i, arg in enumerate(args):
-        _check_text(arg, f"argv[{i + 1}]")
+        if not isinstance(arg, str):
+            raise BadRequest("must be a string", f"argv[{i + 1}]")
     raw = " ".join(sanitize(a, 256) for a in args)
     if len(args) < 3:
         raise BadRequest("expected: add|delete user srcip [alert_id rule_id ...]", "argv")
+    notes: list[str] = []
     action = _action(args[0])
-    user = _user(args[1])
+    user = _user(args[1], notes)
     srcip = None if args[2] == "-" else parse_ip(args[2])
     alert_id = rule_id = None
     manual = False
     if len(args) > 3 and args[3] != "-":
         if args[3] == MANUAL_ALERT_ID:
             manual = True
-        elif _ALERT_ID.fullmatch(args[3]):
-            alert_id = args[3]
         else:
-            raise BadRequest("not an alert id (<epoch>.<offset>)", "alert_id")
+            alert_id = _kept_id(args[3], _ALERT_ID, "alert_id", "an alert id (<epoch>.<offset>)",
+                                notes)
     if len(args) > 4 and args[4] != "-":
         if args[4] == MANUAL_RULE_ID:
             manual = True
-        elif _RULE_ID.fullmatch(args[4]):
-            rule_id = args[4]
         else:
-            raise BadRequest("not a rule id (digits)", "rule_id")
+            rule_id = _kept_id(args[4], _RULE_ID, "rule_id", "a rule id (digits)", notes)
     extra = args[5:]
-    filename = None
+    filename = filename_problem = None
     location = None
     if extra:
         # The filename is execd's last slot; the location is the rest (it may
@@ -200,13 +270,15 @@ def from_ossec_argv(command: str, args: list[str]) -> Request:
         last = extra[-1]
         filename = last if last.startswith("/") and len(extra) > 1 else None
         if filename is not None:
-            filename = _filename(filename)
+            filename, filename_problem = _alert_filename(filename, "filename", notes)
             loc_parts = extra[:-1]
         else:
             loc_parts = extra if last != "-" else extra[:-1]
-        location = _opt(" ".join(loc_parts)) if loc_parts else None
+        location = _opt(_kept_text(" ".join(loc_parts), "location", notes)) \
+            if loc_parts else None
     return Request(protocol="ossec", action=action, command=command, srcip=srcip, user=user,
                    alert_id=alert_id, rule_id=rule_id, location=location, filename=filename,
+                   filename_problem=filename_problem, notes=tuple(notes[:32]),
                    manual=manual, raw=raw[:MAX_RAW_CHARS])
 
 
@@ -222,14 +294,11 @@ def from_wazuh_json(command: str, line: bytes) -> Request:
     """Parse Wazuh's one-line JSON message (bytes as read from stdin)."""
     if not line.strip():
         raise BadRequest("no input on stdin (Wazuh sends one JSON line)", "stdin")
-    try:
-        text = line.decode("utf-8", "strict")
-    except UnicodeDecodeError as err:
-        raise BadRequest("stdin is not valid UTF-8", "stdin") from err
+    # Invalid UTF-8 (a file name in syscheck.path) is kept as escaped bytes: only
+    # the fields the collection acts on are refused for what they hold.
+    text = line.decode("utf-8", "surrogateescape")
     if not text.endswith("\n"):
         raise BadRequest("truncated input: no end of line", "stdin")
-    if "\\u0000" in text or "\x00" in text:
-        raise BadRequest("NUL character in input", "stdin")
     try:
         msg = json.loads(text)
     except (ValueError, RecursionError) as err:
@@ -237,6 +306,7 @@ def from_wazuh_json(command: str, line: bytes) -> Request:
     if not isinstance(msg, dict) or not isinstance(msg.get("parameters"), dict):
         raise BadRequest("not a Wazuh active-response message", "stdin")
     action = _action(msg.get("command"))
+    notes: list[str] = []
     params = msg["parameters"]
     alert = params.get("alert")
     if alert is None:
@@ -246,36 +316,32 @@ def from_wazuh_json(command: str, line: bytes) -> Request:
     srcip_raw = _get(alert, "data", "srcip")
     srcip = None if srcip_raw is None else parse_ip(srcip_raw, "parameters.alert.data.srcip")
     user = _get(alert, "data", "dstuser") or _get(alert, "data", "srcuser")
-    rule_id = _get(alert, "rule", "id")
-    if rule_id is not None:
-        if not isinstance(rule_id, str) or not _RULE_ID.fullmatch(rule_id):
-            raise BadRequest("not a rule id (digits)", "parameters.alert.rule.id")
-    alert_id = alert.get("id")
-    if alert_id is not None and (not isinstance(alert_id, str) or not _ALERT_ID.fullmatch(alert_id)):
-        raise BadRequest("not an alert id (<epoch>.<offset>)", "parameters.alert.id")
-    agent_id = _get(alert, "agent", "id")
-    if agent_id is not None and (not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id)):
-        raise BadRequest("not an agent id", "parameters.alert.agent.id")
-    agent_name = _get(alert, "agent", "name")
-    if agent_name is not None:
-        agent_name = _check_text(agent_name, "parameters.alert.agent.name", 256)
-    location = alert.get("location")
-    if location is not None:
-        location = _check_text(location, "parameters.alert.location")
-    timestamp = alert.get("timestamp")
-    if timestamp is not None:
-        timestamp = _check_text(timestamp, "parameters.alert.timestamp", 64)
+    raw_rule_id = _get(alert, "rule", "id")
+    rule_id = _kept_id(raw_rule_id, _RULE_ID, "parameters.alert.rule.id", "a rule id (digits)",
+                       notes)
+    raw_alert_id = alert.get("id")
+    alert_id = _kept_id(raw_alert_id, _ALERT_ID, "parameters.alert.id",
+                        "an alert id (<epoch>.<offset>)", notes)
+    agent_id = _kept_id(_get(alert, "agent", "id"), _AGENT_ID, "parameters.alert.agent.id",
+                        "an agent id", notes)
+    agent_name = _kept_text(_get(alert, "agent", "name"), "parameters.alert.agent.name",
+                            notes, 256)
+    location = _kept_text(alert.get("location"), "parameters.alert.location", notes)
+    timestamp = _kept_text(alert.get("timestamp"), "parameters.alert.timestamp", notes, 64)
     extra = params.get("extra_args") or []
     if not isinstance(extra, list) or len(extra) > MAX_ARGS:
-        raise BadRequest(f"must be a list of at most {MAX_ARGS} strings",
-                         "parameters.extra_args")
-    extra_args = tuple(_check_text(a, "parameters.extra_args", 256) for a in extra)
+        notes.append(f"parameters.extra_args: not a list of at most {MAX_ARGS} strings; dropped")
+        extra = []
+    extra_args = tuple(_kept_text(a, "parameters.extra_args", notes, 256) or "" for a in extra)
+    filename, filename_problem = _alert_filename(_get(alert, "syscheck", "path"),
+                                                 "parameters.alert.syscheck.path", notes)
     return Request(protocol="wazuh", action=action, command=command, srcip=srcip,
-                   user=_user(user), alert_id=alert_id, rule_id=rule_id, agent_id=agent_id,
-                   agent_name=agent_name, location=location,
-                   filename=_filename(_get(alert, "syscheck", "path")),
-                   extra_args=extra_args, manual=alert_id is None and rule_id is None,
-                   alert_timestamp=timestamp, raw=text.strip()[:MAX_RAW_CHARS])
+                   user=_user(user, notes), alert_id=alert_id, rule_id=rule_id,
+                   agent_id=agent_id, agent_name=agent_name, location=location,
+                   filename=filename, filename_problem=filename_problem,
+                   notes=tuple(notes[:32]), extra_args=extra_args,
+                   manual=raw_alert_id is None and raw_rule_id is None,
+                   alert_timestamp=timestamp, raw=_escape(text.strip())[:MAX_RAW_CHARS])
 
 
 def read_line(fd: int, max_bytes: int = MAX_STDIN_BYTES,

@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import EXIT_COMPLETE, EXIT_PARTIAL, BadRequest, StoreError
 from ..evidence.export import export_incident
 from ..evidence.store import INCIDENT_JSON, Store
+from ..evidence.text import display as _d
 from .common import load_config, open_store, print_json, resolve_incident
 
 
@@ -50,8 +51,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         for r in rows:
-            print(f"{r['id']}  triggers={r['triggers']} files={r['files']} "
-                  f"outcomes={','.join(r['outcomes']) or '-'}")
+            print(f"{_d(r['id'])}  triggers={r['triggers']} files={r['files']} "
+                  f"outcomes={_d(','.join(map(str, r['outcomes'])) or '-')}")
     return EXIT_COMPLETE
 
 
@@ -64,19 +65,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(s)
         return EXIT_COMPLETE
-    print(f"incident {s['id']}  ({s['path']})\n  host {s['hostname']}  created {s['created']}")
+    # Everything below comes from the evidence (alert fields, host names): shown
+    # escaped, so no escape sequence can rewrite or hide what is printed.
+    print(f"incident {_d(s['id'])}  ({_d(s['path'])})\n  host {_d(s['hostname'])}  "
+          f"created {_d(s['created'])}")
     print(f"triggers ({len(s['triggers'])}):")
     for t in s["triggers"]:
-        print(f"  {t.get('received')} {t.get('command')} {t.get('action')} "
-              f"srcip={t.get('srcip') or '-'} rule={t.get('rule_id') or '-'} "
-              f"alert={t.get('alert_id') or '-'} [{t.get('status')}]")
+        print(_d(f"  {t.get('received')} {t.get('command')} {t.get('action')} "
+                 f"srcip={t.get('srcip') or '-'} rule={t.get('rule_id') or '-'} "
+                 f"alert={t.get('alert_id') or '-'} [{t.get('status')}]"))
     print(f"collectors ({len(s['collectors'])}):")
     for c in s["collectors"]:
-        print(f"  {c['collector']:10s} {c['outcome']:9s} {c.get('reason') or ''}")
+        print(f"  {_d(c['collector']):10s} {_d(c['outcome']):9s} {_d(c.get('reason') or '')}")
     print(f"files ({len(s['files'])}):")
     for f in s["files"]:
-        print(f"  {f['sha256'][:16]}  {f['size']:>12}  {f['path']}"
-              f"{'  [' + f['outcome'] + ']' if f['outcome'] != 'complete' else ''}")
+        print(f"  {_d(f['sha256'])[:16]}  {_d(f['size']):>12}  {_d(f['path'])}"
+              f"{'  [' + _d(f['outcome']) + ']' if f['outcome'] != 'complete' else ''}")
     return EXIT_COMPLETE
 
 
@@ -89,10 +93,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         for p in report.problems:
-            print(f"{p['kind'].upper():10s} {p['path']}: {p['detail']}")
+            # a planted file name must not hide or fake the verdict line
+            print(f"{_d(p['kind']).upper():10s} {_d(p['path'])}: {_d(p['detail'])}")
         if report.problems_not_listed:
             print(f"... and {report.problems_not_listed} more problems not listed")
-        print(f"{report.incident}: {'OK' if report.ok else 'PROBLEMS'} "
+        print(f"{_d(report.incident)}: {'OK' if report.ok else 'PROBLEMS'} "
               f"({report.files_checked} files re-hashed, {report.entries} manifest entries, "
               f"tip {report.tip_sha256})")
     return EXIT_COMPLETE if report.ok else EXIT_PARTIAL
@@ -102,7 +107,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write <incident>.tar.gz and <incident>.tar.gz.sha256."""
     path = resolve_incident(load_config(args), args.incident)
     out = os.path.abspath(args.output or f"{os.path.basename(path)}.tar.gz")
-    print("\n".join(export_incident(path, out)))
+    print("\n".join(_d(p) for p in export_incident(path, out)))
     return EXIT_COMPLETE
 
 

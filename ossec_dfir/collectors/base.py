@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import trust
 from ..errors import ConfigError, Skipped
 
 if TYPE_CHECKING:
@@ -176,13 +177,17 @@ def _coerce(value: Any, default: Any) -> tuple[Any, str | None]:
 
 
 def find_binary(name: str, configured: dict[str, str] | None = None) -> str | None:
-    """Return an absolute path for a tool: the configured one or a fixed directory list."""
+    """Return an absolute path for a tool: the configured one or a fixed directory list.
+
+    Run as root, a tool that a non-root user could change (trust.py) is never
+    returned: it is as good as absent.
+    """
     path = (configured or {}).get(name)
-    if path:
-        return path if os.path.isabs(path) and os.access(path, os.X_OK) else None
-    for directory in BINARY_DIRS:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+    candidates = [path] if path else [os.path.join(d, name) for d in BINARY_DIRS]
+    for candidate in candidates:
+        if os.path.isabs(candidate) and os.path.isfile(candidate) and \
+                os.access(candidate, os.X_OK) and \
+                (os.geteuid() != 0 or not trust.path_problems(candidate)):
             return candidate
     return None
 
@@ -254,10 +259,12 @@ class Context:
         return w.sha256
 
     def write_json(self, name: str, obj: Any, meta: dict[str, Any] | None = None) -> str:
-        """Write obj as pretty JSON into one evidence file; return its sha256."""
-        import json
-        return self.write_bytes(
-            name, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), meta)
+        """Write obj as pretty JSON into one evidence file; return its sha256.
+
+        Host text that is not valid UTF-8 is escaped as ``\\xNN`` (evidence/text.py).
+        """
+        from ..evidence.text import json_doc
+        return self.write_bytes(name, json_doc(obj), meta)
 
     def note(self, message: str) -> None:
         """Record a remark for the collector's manifest entry (e.g. a skipped item)."""

@@ -17,15 +17,17 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable
 
-from . import fs
+from . import fs, text as _text
 from .. import __version__
 from ..errors import ReserveReached, StoreError
 
@@ -41,22 +43,42 @@ STATE_DIR = ".state"
 _RESERVE_RECHECK_BYTES = 64 * 1024 * 1024
 
 
-def utc_iso(epoch: float | None) -> str | None:
-    """Return a Unix time as an ISO-8601 UTC string with microseconds (None stays None)."""
+def utc_iso(epoch: float | int | Decimal | None) -> str | None:
+    """Return a Unix time as an ISO-8601 UTC string with microseconds (None stays None).
+
+    The time is truncated to the microsecond, never rounded: a file changed at
+    ...54.9999999 stays in second 54 (datetime.fromtimestamp would round it to 55).
+    A float is converted exactly (Decimal) before truncating.
+    """
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    micros = math.floor(Decimal(epoch) * 1_000_000)
+    return _iso_micros(micros)
+
+
+def utc_iso_ns(ns: int | None) -> str | None:
+    """Return a Unix time in nanoseconds (``st_mtime_ns``) as ISO-8601 UTC, truncated."""
+    if ns is None:
+        return None
+    return _iso_micros(int(ns) // 1000)
+
+
+def _iso_micros(micros: int) -> str:
+    seconds, fraction = divmod(micros, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:06d}Z"
 
 
 def utc_now() -> str:
-    """Return the current UTC time as an ISO-8601 string with microseconds."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Return the current UTC time as an ISO-8601 string with microseconds (truncated)."""
+    return utc_iso_ns(time.time_ns()) or ""
 
 
 def canonical_json(obj: Any) -> str:
-    """Serialise obj as one ASCII JSON line with sorted keys (stable hashing)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      default=str)
+    """Serialise obj as one ASCII JSON line with sorted keys (stable hashing).
+
+    Host text that is not valid UTF-8 is escaped (evidence/text.py), never an error.
+    """
+    return _text.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def custody() -> dict[str, Any]:
@@ -232,7 +254,7 @@ class Store:
                "host": identity(), "first_trigger": first_trigger,
                "tool": f"ossec-dfir {__version__}"}
         with incident.writer("store", INCIDENT_JSON) as w:
-            w.write((json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode())
+            w.write(_text.json_doc(doc))
         return incident
 
 

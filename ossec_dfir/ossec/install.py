@@ -9,11 +9,14 @@ what install added and keeps the config, the YARA rules and all evidence.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
 import sys
 
 from ..config import DEFAULT_CONFIG, Config
+from .. import trust
 from ..errors import InstallError
 from . import files, manager, ossecconf, snippets
 from .layout import Installation
@@ -33,39 +36,35 @@ sys.exit(main("{name}"))
 '''
 
 
-def writable_by_others(path: str) -> list[str]:
-    """Return why path, or a directory above it, could be changed by a non-root user.
+# What the installed executables' interpreter loads: run it as execd will
+# (isolated mode) and ask it for its import path and where the package lives.
+_PROBE = ("import json, sys, ossec_dfir; print(json.dumps({'path': sys.path, "
+          "'package': ossec_dfir.__path__[0], 'prefix': sys.prefix}))")
 
-    The installed executables run as root; an interpreter or package that a
-    user can replace would be a local privilege escalation.
+
+def unsafe_code_paths(python: str = sys.executable) -> list[str]:
+    """Return why a non-root user could change code that execd would run as root.
+
+    The executables run ``python -I``: the interpreter as named in the shebang
+    (a venv's link and its directory as well as the binary), every directory on
+    its import path with every file below it (``.pth`` files run even under
+    ``-I``), and the ossec_dfir package must all be root-owned and writable by
+    nobody else (trust.py).
     """
-    problems = []
-    current = os.path.realpath(path)
-    while True:
-        try:
-            st = os.stat(current)
-        except OSError as err:
-            problems.append(f"{current}: {err.strerror}")
-            break
-        if st.st_uid != 0:
-            problems.append(f"{current}: owned by uid {st.st_uid}, not root")
-        if st.st_mode & 0o022 and not (st.st_mode & 0o1000 and current != path):
-            problems.append(f"{current}: writable by group or others "
-                            f"(mode {st.st_mode & 0o7777:04o})")
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    return problems
-
-
-def unsafe_code_paths() -> list[str]:
-    """Return the problems of the interpreter and the package the executables would run."""
-    package = PACKAGE_DIR
-    problems = []
-    for path in (sys.executable, package):
-        problems += [p for p in writable_by_others(path) if p not in problems]
-    return problems
+    try:
+        probe = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True,
+                               timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                               cwd="/", check=True)
+        found = json.loads(probe.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as err:
+        return [f"{python}: cannot ask it for its import path ({err})"]
+    problems = trust.path_problems(python)
+    for entry in [found["prefix"], *found["path"], found["package"]]:
+        if not entry or not os.path.lexists(entry):
+            continue  # an absent sys.path entry loads nothing
+        problems += trust.tree_problems(entry) if os.path.isdir(entry) \
+            else trust.path_problems(entry)
+    return list(dict.fromkeys(problems))
 
 
 def _up_to_date(path: str, text: str, mode: int, gid: int) -> bool:

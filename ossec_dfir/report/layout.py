@@ -1,8 +1,8 @@
 """Lay out a report dict as neutral blocks that the HTML and Markdown renderers draw.
 
 Blocks hold only plain text made safe for display (``text()``: control and
-bidi characters shown as escapes, lone surrogates of invalid UTF-8 shown as
-``\\udcNN``, long values cut with a count); the renderers escape that text for
+bidi characters shown as escapes, undecodable bytes of invalid UTF-8 shown as
+``\\xNN`` (evidence/text.py), long values cut with a count); the renderers escape that text for
 their own syntax. Markup is never built from evidence.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..evidence.text import escape
 
 TEXT_MAX = 300
 ROWS_MAX = 50
@@ -29,7 +31,7 @@ def text(value: Any, limit: int = TEXT_MAX) -> str:
         return "yes" if value else "no"
     if not isinstance(value, str):
         value = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    value = value.replace("\n", "\\n").replace("\t", "\\t")
+    value = escape(value).replace("\n", "\\n").replace("\t", "\\t")
     value = _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}" if ord(m.group()) > 0xff
                         else f"\\x{ord(m.group()):02x}", value)
     if len(value) > limit:

@@ -4,6 +4,11 @@ Every value is escaped for Markdown and for the HTML that Markdown allows:
 ``\\ ` * _ [ ] | ~ #`` get a backslash, ``& < >`` become entities, newlines
 were already made visible by ``text()``, and URLs are defanged (``hxxp``,
 ``[://]``, ``[.]``) so a ticket never links to or fetches attacker addresses.
+Ticket-system references are broken with a zero-width space (``&#8203;``)
+after the sigil, so evidence cannot notify or link anyone or anything:
+``@user`` mentions (GitHub, GitLab, Jira Cloud), ``#123`` / ``!123`` /
+``~label`` / ``%milestone`` / ``$snippet`` / ``&epic`` references (GitHub,
+GitLab), and ``GH-123``-style short links.
 """
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from .layout import Block
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
 _SCHEME = re.compile(r"(?i)\b(h)(tt)(ps?)(://)")
+# A sigil followed by a word character is a reference to someone or something.
+_REFERENCE = re.compile(r"([@#!~%$&^])(?=[\w\"'-])|\b(GH)(-\d)")
+_ZWSP = "\ue000"  # placeholder, written as &#8203; once the text is escaped
 
 
 def md(value: str) -> str:
@@ -22,9 +30,11 @@ def md(value: str) -> str:
     value = _SCHEME.sub(lambda m: f"{m.group(1)}xx{m.group(3)}{m.group(4)}", value)
     value = value.replace("://", "[://]")
     value = re.sub(r"(?i)\bwww\.", "www[.]", value)
+    value = _REFERENCE.sub(lambda m: (m.group(1) or m.group(2)) + _ZWSP + (m.group(3) or ""),
+                           value.replace(_ZWSP, ""))
     value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     value = value.replace("\r", "\\r").replace("\n", "\\n")
-    return _MD_SPECIAL.sub(r"\\\1", value)
+    return _MD_SPECIAL.sub(r"\\\1", value).replace(_ZWSP, "&#8203;")
 
 
 def _table(block: Block) -> list[str]:

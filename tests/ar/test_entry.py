@@ -155,11 +155,17 @@ def test_checkout_executable_without_config_refuses(tmp_path):
 HOSTILE_ARGV = [
     ["add", "-", "1.2.3.4;id", "-", "-"], ["add", "-", "$(touch${IFS}/tmp/pwn)", "-", "-"],
     ["add", "-", "../../etc/passwd", "-", "-"], ["add", "-", "--help", "-", "-"],
-    ["add", "-", "-x", "-", "-"], ["add", "--help", "1.2.3.4", "-", "-"],
-    ["add", "-x", "1.2.3.4", "-", "-"], ["add", "-", "evil.example.com", "-", "-"],
-    ["add", "-", "A" * 65536, "-", "-"], ["add", "-", "1.2.3.4", "-", "-", "B" * 65536],
+    ["add", "-", "-x", "-", "-"], ["add", "-", "evil.example.com", "-", "-"],
+    ["add", "-", "A" * 65536, "-", "-"],
     ["add", "-", "1.2.3.4\x01", "-", "-"], ["rm", "-", "1.2.3.4", "-", "-"],
-    ["add", "-", "1.2.3.4", "$(id)", "5712"], ["add", "`id`", "1.2.3.4", "-", "-"],
+]
+# Fields the collection does not act on (issue 12 item 3): kept escaped, noted, never refused.
+KEPT_ARGV = [
+    (["add", "--help", "203.0.113.41", "-", "-"], "user", "--help"),
+    (["add", "-x", "203.0.113.42", "-", "-"], "user", "-x"),
+    (["add", "`id`", "203.0.113.43", "-", "-"], "user", "`id`"),
+    (["add", "-", "203.0.113.44", "$(id)", "5712"], "alert_id", None),
+    (["add", "-", "203.0.113.45", "-", "-", "B" * 65536], "location", "B" * 4096),
 ]
 
 
@@ -171,6 +177,19 @@ def test_hostile_argv_exit_2_no_evidence_one_log_line(tree, args):
     lines = tree.log_lines()
     assert len(lines) == 1 and "refused" in lines[0]
     assert all(ord(c) < 128 for c in lines[0]) and len(lines[0]) <= 4096
+
+
+@pytest.mark.parametrize("args,field,value", KEPT_ARGV, ids=lambda a: repr(a)[:40])
+def test_unused_argv_fields_never_refuse(tree, args, field, value):
+    res = run_ossec([tree.script()] + args)
+    assert res.returncode == 0
+    (incident,) = tree.incidents()
+    lines = tree.log_lines()
+    assert "accepted" in lines[0]
+    assert all(ord(c) < 128 for c in lines[0]) and len(lines[0]) <= 4096
+    trigger = json.loads(
+        (tree.evidence / incident / "triggers.jsonl").read_text().splitlines()[0])
+    assert trigger[field] == value and trigger["notes"]
 
 
 def test_non_utf8_argv_refused(tree):

@@ -80,11 +80,8 @@ def test_hostile_srcip_refused_wazuh(srcip):
 
 
 @pytest.mark.parametrize("args", [
-    ["start", "-", "1.2.3.4"], ["add"], [], ["add", "--help", "1.2.3.4"],
-    ["add", "-x", "1.2.3.4"], ["add", "root;id", "1.2.3.4"], ["add", "-", "1.2.3.4", "12;3"],
-    ["add", "-", "1.2.3.4", "1.2", "57a"], ["add", "-", "1.2.3.4", "-", "-", "x\x00y"],
-    ["add", "-", "1.2.3.4", "-", "-", "loc", "/a/../../etc/shadow"],
-    ["add", "-", "1.2.3.4"] + ["x"] * 100, ["add", "-", "1.2.3.4", "-", "-", "A" * 65536],
+    ["start", "-", "1.2.3.4"], ["add"], [], ["add", "-", "1.2.3.4"] + ["x"] * 100,
+    ["add", "-", "1.2.3.4;id"], ["add", "root", "--help"],
 ])
 def test_hostile_argv_refused(args):
     with pytest.raises(BadRequest):
@@ -113,9 +110,7 @@ def test_wazuh_syscheck_path_is_the_filename():
     b"", b"\n", b"{\"version\":1", b"{\"version\":1}\n", b"\xff\xfe{}\n", b"[1,2]\n",
     b"{\"command\":\"add\",\"parameters\":{\"alert\":{\"data\":{\"srcip\":\"1.2.3.4\\u0000\"}}}}\n",
     b"{\"command\":\"rm\",\"parameters\":{}}\n",
-    b"{\"command\":\"add\",\"parameters\":{\"alert\":{\"rule\":{\"id\":\"1;id\"}}}}\n",
     b"{\"command\":\"add\",\"parameters\":{\"alert\":\"x\"}}\n",
-    b"{\"command\":\"add\",\"parameters\":{\"extra_args\":\"-rf\"}}\n",
     b"[" * 100000 + b"\n",
 ])
 def test_bad_wazuh_input_refused(line):
@@ -159,3 +154,59 @@ def test_check_keys_exchange_format():
     assert parse_check_keys_answer(b'{"command":"continue"}\n') == "continue"
     with pytest.raises(BadRequest):
         parse_check_keys_answer(b'{"command":"rm -rf"}\n')
+
+
+# -- issue 12 item 3: fields the collection does not act on never refuse -----------------
+
+@pytest.mark.parametrize("args,field,value", [
+    (["add", "--help", "203.0.113.5"], "user", "--help"),
+    (["add", "adm!n", "203.0.113.5"], "user", "adm!n"),
+    (["add", "root;id", "203.0.113.5"], "user", "root;id"),
+    (["add", "r\x1b[2J", "203.0.113.5"], "user", "r\\x1b[2J"),
+    (["add", "-", "203.0.113.5", "12;3"], "alert_id", None),
+    (["add", "-", "203.0.113.5", "1.2", "57a"], "rule_id", None),
+    (["add", "-", "203.0.113.5", "-", "-", "x\x00y"], "location", "x\\x00y"),
+    (["add", "-", "203.0.113.5", "-", "-", "A" * 65536], "location", "A" * 4096),
+    (["add", "-", "203.0.113.5", "-", "-", "l\udcffoc", "-"], "location", "l\\xffoc"),
+])
+def test_unused_argv_fields_are_kept_escaped_with_a_note(args, field, value):
+    req = from_ossec_argv("dfir-pcap", args)
+    assert str(req.srcip) == "203.0.113.5"
+    assert getattr(req, field) == value
+    assert req.notes and all(n.startswith(field) for n in req.notes)
+    rec = req.to_record()
+    assert rec["notes"] == list(req.notes)
+    json.dumps(rec).encode("ascii")
+
+
+def test_an_unusable_filename_is_noted_for_the_entry_point_to_judge():
+    req = from_ossec_argv("dfir-files", ["add", "-", "203.0.113.5", "-", "-", "loc",
+                                         "/a/../../etc/shadow"])
+    assert req.filename is None and "normalised" in req.filename_problem
+    assert req.location == "loc"
+
+
+def test_wazuh_alert_fields_not_acted_on_never_refuse():
+    alert = {"timestamp": "\x1b]0;x\x07", "rule": {"id": "1;id"}, "id": 7,
+             "agent": {"id": "0x1", "name": "we\nb1"}, "location": "\u202e\x00gol",
+             "data": {"srcip": "203.0.113.5", "srcuser": "adm!n"},
+             "syscheck": {"path": "/var/www/a\x1bb.php"}}
+    msg = {"command": "add", "parameters": {"alert": alert, "extra_args": "-rf"}}
+    line = json.dumps(msg).encode().replace(b"a\\u001bb", b"a\xffb") + b"\n"
+    req = from_wazuh_json("dfir-pcap", line)
+    assert str(req.srcip) == "203.0.113.5"
+    assert req.user == "adm!n"
+    assert (req.rule_id, req.alert_id, req.agent_id) == (None, None, None)
+    assert req.agent_name == "we\\x0ab1" and req.location == "\\u202e\\x00gol"
+    assert req.alert_timestamp == "\\x1b]0;x\\x07" and req.extra_args == ()
+    assert req.filename == "/var/www/a\udcffb.php" and req.filename_problem is None
+    assert not req.manual
+    fields = {n.split(":")[0] for n in req.notes}
+    assert fields >= {"parameters.alert.rule.id", "parameters.alert.id", "user",
+                      "parameters.alert.agent.id", "parameters.alert.agent.name",
+                      "parameters.alert.location", "parameters.alert.timestamp",
+                      "parameters.extra_args"}
+    line = json.dumps({**msg, "parameters": {"alert": {
+        **alert, "syscheck": {"path": "/var/www/a\x1bb.php"}}}}).encode() + b"\n"
+    req = from_wazuh_json("dfir-pcap", line)
+    assert req.filename is None and "control characters" in req.filename_problem

@@ -120,7 +120,7 @@ def test_install_refuses_code_others_can_change(tmp_path, monkeypatch, capsys):
 
 
 def test_unsafe_interpreter_paths_are_found(tmp_path):
-    from ossec_dfir.ossec.install import writable_by_others
+    from ossec_dfir.trust import path_problems as writable_by_others
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)

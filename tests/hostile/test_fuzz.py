@@ -10,6 +10,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ossec_dfir.evidence.text import display
 from ossec_dfir.ar import entry
 from ossec_dfir.errors import BadRequest
 from ossec_dfir.ar.request import Request, from_ossec_argv, from_wazuh_json
@@ -34,8 +35,9 @@ def assert_sane(req: Request) -> None:
         assert "/" not in req.key and not req.key.startswith("-")
     for value in (req.user, req.alert_id, req.rule_id, req.filename):
         assert value is None or ("\x00" not in value and "\n" not in value)
-    if req.user is not None:
-        assert not req.user.startswith("-")
+    # Fields kept as text (never used to act, never given to a tool): escaped, bounded.
+    for value in (req.user, req.location, req.agent_name, req.alert_timestamp, *req.extra_args):
+        assert value is None or (display(value) == value and len(value) <= 4096)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

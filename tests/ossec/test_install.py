@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import os
+import pwd
+import subprocess
 import sys
 
+import pytest
+
 from ossec_dfir.ar.simulate import ossec_argv, run_ossec
+from ossec_dfir.ossec import install
 from tests.ar.test_entry import Tree
+from tests.conftest import ROOT
 
 # The script `ossec-dfir install` wrote before the package was split by concern.
 OLD_SCRIPT = '''#!{python} -I
@@ -37,3 +43,48 @@ def test_a_script_installed_before_the_layout_still_runs(tmp_path):
     outcome = tree.wait_outcome()[0]
     assert "outcome=complete" in outcome and "srcip=203.0.113.7" in outcome
     assert len(tree.incidents()) == 1
+
+
+@pytest.fixture
+def venv(tmp_path):
+    """A root-owned virtualenv that imports this checkout's ossec_dfir through a .pth file."""
+    if os.geteuid() != 0:
+        pytest.skip("ownership checks need root")
+    os.chmod(tmp_path, 0o755)
+    root = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True,
+                   timeout=120)
+    [site] = list(root.glob("lib/python*/site-packages"))
+    (site / "checkout.pth").write_text(str(ROOT) + "\n")
+    return root, site
+
+
+def test_install_checks_everything_the_interpreter_loads(venv):
+    """Each way a user could get code run by execd as root is found (issue 12 item 10)."""
+    root, site = venv
+    python = str(root / "bin" / "python")
+    assert install.unsafe_code_paths(python) == []
+    nobody = pwd.getpwnam("nobody").pw_uid
+    cases = []
+    os.chmod(root / "bin", 0o777)                    # the shebang's directory
+    cases.append((str(root / "bin"), install.unsafe_code_paths(python)))
+    os.chmod(root / "bin", 0o755)
+    os.chmod(root, 0o777)                            # the venv root
+    cases.append((str(root), install.unsafe_code_paths(python)))
+    os.chmod(root, 0o755)
+    evil = site / "evil.pth"                         # a .pth runs even under -I
+    evil.write_text("import os\n")
+    os.chown(evil, nobody, -1)
+    cases.append((str(evil), install.unsafe_code_paths(python)))
+    evil.unlink()
+    sub = site / "somepkg"                           # a writable package directory
+    sub.mkdir()
+    os.chmod(sub, 0o777)
+    cases.append((str(sub), install.unsafe_code_paths(python)))
+    for culprit, problems in cases:
+        assert any(p.startswith(culprit + ":") for p in problems), (culprit, problems)
+
+
+def test_a_broken_interpreter_is_a_problem(tmp_path):
+    problems = install.unsafe_code_paths(str(tmp_path / "no-python"))
+    assert problems and "cannot ask it" in problems[0]

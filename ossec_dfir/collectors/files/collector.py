@@ -18,7 +18,6 @@ Evidence (``files/<NN>/``)::
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -29,7 +28,9 @@ from typing import Any
 from ..base import Collector, Context, Params, Result, register
 from ...errors import ReserveReached
 from ...evidence.store import utc_iso
+from ...evidence.text import json_line
 from . import search as fs
+from .regex import BoundedRegex
 
 DEFAULT_ROOTS = (
     "/tmp", "/var/tmp", "/dev/shm", "/home", "/root", "/etc/cron*", "/var/spool/cron",
@@ -58,6 +59,7 @@ class FilesParams(Params):
     sha256_ioc_file: str = ""
     content_regex: str = ""
     content_regex_max_bytes: int = 8 << 20
+    content_regex_timeout_s: float = 2.0
     action: str = "hash"
     max_file_bytes: int = 256 << 20
     oversized_policy: str = "skip"
@@ -97,6 +99,8 @@ class FilesParams(Params):
                 errors.append(f"sha256_iocs[{i}]: not a SHA-256 (64 hex digits)")
         if self.sha256_ioc_file and not os.path.isabs(self.sha256_ioc_file):
             errors.append("sha256_ioc_file: must be an absolute path")
+        if self.content_regex_timeout_s <= 0:
+            errors.append("content_regex_timeout_s: must be more than 0")
         if self.max_size_bytes and self.min_size_bytes > self.max_size_bytes:
             errors.append("min_size_bytes: larger than max_size_bytes")
         for name in ("max_file_bytes", "max_files", "max_walk_files", "max_depth"):
@@ -132,9 +136,13 @@ class FilesCollector(Collector):
         """Walk, filter, and act on matching files; write results.jsonl."""
         assert isinstance(params, FilesParams)
         search = _Search(ctx, params)
-        with ctx.writer("results.jsonl") as out:
-            search.out = out
-            search.run()
+        try:
+            with ctx.writer("results.jsonl") as out:
+                search.out = out
+                search.run()
+        finally:
+            if search.regex is not None:
+                search.regex.close()
         return search.result()
 
 
@@ -151,7 +159,10 @@ class _Search:
         self.iocs = {i.lower() for i in params.sha256_iocs}
         if params.sha256_ioc_file:
             self.iocs |= fs.load_ioc_file(params.sha256_ioc_file)
-        self.regex = re.compile(params.content_regex.encode("utf-8")) \
+        # Matched in a helper killed after content_regex_timeout_s per file: a file
+        # built to make the pattern backtrack costs that file, not the collector.
+        self.regex = BoundedRegex(params.content_regex.encode("utf-8"),
+                                  params.content_regex_timeout_s) \
             if params.content_regex else None
         self.content_conditions = bool(self.iocs) or self.regex is not None
         self.unknown_owners = [o for o in params.owners if fs.resolve_owner(str(o)) is None]
@@ -282,6 +293,9 @@ class _Search:
                 return
             record["ioc_match"] = True
         if self.regex is not None:
+            if scan.regex_timeout:
+                self.walk.skip("content_regex_timeout", path)
+                return
             if scan.regex_offset is None:
                 self.rejected["content_regex"] += 1
                 return
@@ -356,7 +370,7 @@ class _Search:
         return None
 
     def _emit(self, record: dict[str, Any]) -> None:
-        self.out.write((json.dumps(record, sort_keys=True, default=str) + "\n").encode())
+        self.out.write(json_line(record))
         self.matched += 1
 
     # -- result ---------------------------------------------------------------
@@ -379,6 +393,10 @@ class _Search:
             result.degrade(f"search stopped early: {stopped}")
         for reason in self.degraded:
             result.degrade(reason)
+        if self.regex is not None and self.regex.timeouts:
+            result.degrade(f"content_regex: {self.regex.timeouts} file(s) skipped, not decided "
+                           f"within content_regex_timeout_s={self.params.content_regex_timeout_s}"
+                           " (see walk.skipped content_regex_timeout)")
         if self.unknown_owners:
             result.degrade("unknown owners (no such user here): "
                            + ", ".join(map(str, self.unknown_owners)))

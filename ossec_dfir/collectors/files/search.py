@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ...evidence.store import utc_iso
+from ...errors import RegexTimeout
+from ...evidence.store import utc_iso_ns
 
 CHUNK_BYTES = 1 << 20
 MAX_IOC_FILE_BYTES = 64 << 20
@@ -169,11 +170,12 @@ class ContentScan:
     complete: bool = True
     regex_offset: int | None = None
     regex_match: bytes | None = None
+    regex_timeout: bool = False
     stopped: str | None = None
 
 
 def scan_content(fd: int, *, max_bytes: int, want_hash: bool,
-                 regex: re.Pattern[bytes] | None = None, regex_max_bytes: int = 0,
+                 regex: Any = None, regex_max_bytes: int = 0,
                  should_stop: Callable[[], str | None] | None = None,
                  sink: Callable[[bytes], object] | None = None) -> ContentScan:
     """Read a file once from offset 0: hash it, search its first bytes, feed a sink."""
@@ -202,7 +204,11 @@ def scan_content(fd: int, *, max_bytes: int, want_hash: bool,
     if digest is not None:
         result.sha256 = digest.hexdigest()
     if regex is not None:
-        found = regex.search(head)
+        try:
+            found = regex.search(head)
+        except RegexTimeout:
+            result.regex_timeout = True
+            return result
         if found:
             result.regex_offset = found.start()
             result.regex_match = found.group(0)[:64]
@@ -239,7 +245,7 @@ def stat_record(path: str, st: os.stat_result) -> dict[str, Any]:
         "nlink": st.st_nlink}
     for key in ("atime", "mtime", "ctime"):
         ns = getattr(st, f"st_{key}_ns")
-        record[key] = utc_iso(ns / 1e9)
+        record[key] = utc_iso_ns(ns)
         record[f"{key}_ns"] = ns
     try:
         path.encode("utf-8")

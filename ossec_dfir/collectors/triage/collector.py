@@ -28,6 +28,7 @@ from ..base import Collector, Context, Params, Result, register
 from ...errors import ReserveReached, StoreError
 from . import net
 from . import system
+from ...evidence import text as _text
 from ...evidence.store import utc_iso
 from .procs import ProcessReader, read_processes
 
@@ -83,7 +84,10 @@ class JsonLines:
         if self.count >= self.max_records:
             self.dropped += 1
             return False
-        self._buf.append(_ENCODER.encode(record))
+        line = _ENCODER.encode(record)
+        if "\\ud" in line:  # a host name with undecodable bytes: escaped (\xNN)
+            line = _ENCODER.encode(_text.clean(record))
+        self._buf.append(line)
         self.count += 1
         if len(self._buf) >= _FLUSH_RECORDS:
             self.flush()
@@ -92,7 +96,7 @@ class JsonLines:
     def flush(self) -> None:
         """Write the queued records."""
         if self._buf:
-            data = ("\n".join(self._buf) + "\n").encode("utf-8", "surrogateescape")
+            data = ("\n".join(self._buf) + "\n").encode("ascii", "backslashreplace")
             self._buf = []
             self._writer.write(data)
 

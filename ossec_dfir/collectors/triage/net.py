@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 from typing import Any, Callable
@@ -38,34 +39,98 @@ def socket_tables(pid: int | str = "self") -> tuple[list[dict[str, Any]], list[d
     (psutil names one owner per socket; a socket shared after fork has several).
     """
     netns = net_namespace(pid)
-    inet: list[dict[str, Any]] = []
     problems: list[str] = []
+    inet: list[dict[str, Any]] = []
     for proto in ("tcp", "tcp6", "udp", "udp6"):
-        try:
-            lines = procfs.read_text(procfs.path(pid, "net", proto), 64 << 20).splitlines()
-        except OSError as err:
-            if os.path.exists(os.path.join(procfs.PROC, "self", "net", proto)):
-                problems.append(f"sockets ({proto}): {procfs.error_text(err)}")
-            continue
-        for line in lines[1:]:
-            rec = _inet_record(proto, line.split())
-            if rec is not None:
-                rec["netns"] = netns
-                inet.append(rec)
-    unix: list[dict[str, Any]] = []
+        inet += _table(pid, proto, problems, lambda line, proto=proto: _inet_line(proto, line),
+                       optional=True)
+    # The unix table is read and parsed on its own: whatever its names hold, the
+    # inet tables above never depend on it.
+    unix = _unix_records(pid, problems)
+    for rec in inet:
+        rec["netns"] = netns
+    for rec in unix:
+        rec["netns"] = netns
+    return inet, unix, problems
+
+
+def _table(pid: int | str, name: str, problems: list[str],
+           parse: Callable[[str], dict[str, Any] | None],
+           optional: bool = False) -> list[dict[str, Any]]:
+    """Read ``/proc/PID/net/<name>`` and parse it line by line (header skipped)."""
     try:
-        lines = procfs.read_text(procfs.path(pid, "net", "unix"), 64 << 20).splitlines()
+        lines = procfs.read_text(procfs.path(pid, "net", name), 64 << 20).split("\n")
+    except OSError as err:
+        if not optional or os.path.exists(os.path.join(procfs.PROC, "self", "net", name)):
+            problems.append(f"sockets ({name}): {procfs.error_text(err)}")
+        return []
+    return procfs.parse_lines((line for line in lines[1:] if line.strip()), parse,
+                              f"sockets ({name})", problems)
+
+
+def _inet_line(proto: str, line: str) -> dict[str, Any]:
+    rec = _inet_record(proto, line.split())
+    if rec is None:
+        raise ValueError("not a socket line")
+    return rec
+
+
+# One line of /proc/net/unix as the kernel prints it ("%pK: %08X %08X %08X %04X %02X
+# %5lu" then " path"). A socket's name is printed raw and may hold a newline.
+_UNIX_LINE = re.compile(rb"([0-9a-f]{8,16}): ([0-9A-F]{8}) ([0-9A-F]{8}) ([0-9A-F]{8}) "
+                        rb"([0-9A-F]{4}) ([0-9A-F]{2}) +([0-9]{1,20})(?: (.*))?", re.S)
+
+
+def _unix_records(pid: int | str, problems: list[str]) -> list[dict[str, Any]]:
+    """Parse ``/proc/PID/net/unix`` from bytes, split on newlines only.
+
+    A line that is not a socket line continues the name of the socket before it
+    (names may hold newlines: the record gets ``name_has_newline``); one that
+    continues nothing is malformed and costs only itself. Names keep their
+    bytes (escaped as ``\\xNN`` when written). A name may also hold a whole
+    line that looks real: records sharing an inode are flagged ``inode_conflict``.
+    """
+    try:
+        data = procfs.read_bytes(procfs.path(pid, "net", "unix"), 64 << 20)
     except OSError as err:
         problems.append(f"sockets (unix): {procfs.error_text(err)}")
-        lines = []
-    for line in lines[1:]:
-        f = line.split(None, 7)
-        if len(f) >= 7:
-            unix.append({"inode": int(f[6]), "path": f[7] if len(f) > 7 else None,
-                         "type": _UNIX_TYPES.get(int(f[4], 16), f[4]),
-                         "state": _UNIX_STATES.get(int(f[5], 16), f[5]),
-                         "listening": bool(int(f[3], 16) & 0x10000), "netns": netns})
-    return inet, unix, problems
+        return []
+    lines = data.split(b"\n")
+    if lines and lines[0].startswith(b"Num "):
+        lines = lines[1:]
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out: list[dict[str, Any]] = []
+
+    def parse(line: bytes) -> dict[str, Any] | None:
+        m = _UNIX_LINE.fullmatch(line)
+        if m is None:
+            if out and out[-1]["path"] is not None:
+                out[-1]["path"] += "\n" + line.decode("utf-8", "surrogateescape")
+                out[-1]["name_has_newline"] = True
+                return None
+            raise ValueError("not a unix socket line")
+        flags, kind, state, inode, name = (int(m[4], 16), int(m[5], 16), int(m[6], 16),
+                                           int(m[7]), m[8])
+        rec = {"inode": inode,
+               "path": name.decode("utf-8", "surrogateescape") if name is not None else None,
+               "type": _UNIX_TYPES.get(kind, m[5].decode()),
+               "state": _UNIX_STATES.get(state, m[6].decode()),
+               "listening": bool(flags & 0x10000)}
+        out.append(rec)
+        return None
+
+    procfs.parse_lines(lines, parse, "sockets (unix)", problems)
+    seen: dict[int, int] = {}
+    for rec in out:
+        seen[rec["inode"]] = seen.get(rec["inode"], 0) + 1
+    conflicts = [rec for rec in out if seen[rec["inode"]] > 1]
+    for rec in conflicts:
+        rec["inode_conflict"] = True
+    if conflicts:
+        problems.append(f"sockets (unix): {len(conflicts)} records share an inode (a name "
+                        "holding a forged line?); flagged inode_conflict")
+    return out
 
 
 _TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -147,27 +212,26 @@ def routes() -> tuple[list[dict[str, Any]], list[str]]:
     except OSError as err:
         problems.append(f"routes (IPv4): {procfs.error_text(err)}")
         lines = []
-    for line in lines:
+    def route4(line: str) -> dict[str, Any]:
         f = line.split()
-        if len(f) < 11:
-            continue
-        flags = int(f[3], 16)
-        out.append({"family": "inet", "interface": f[0], "destination": _ip4(f[1]),
-                    "gateway": _ip4(f[2]), "netmask": _ip4(f[7]), "metric": int(f[6]),
-                    "flags": _flags(flags), "mtu": int(f[8])})
+        return {"family": "inet", "interface": f[0], "destination": _ip4(f[1]),
+                "gateway": _ip4(f[2]), "netmask": _ip4(f[7]), "metric": int(f[6]),
+                "flags": _flags(int(f[3], 16)), "mtu": int(f[8])}
+    out += procfs.parse_lines((ln for ln in lines if ln.strip()), route4, "routes (IPv4)",
+                              problems)
     try:
         lines = procfs.read_text(os.path.join(procfs.PROC, "net", "ipv6_route")).splitlines()
     except OSError as err:
         problems.append(f"routes (IPv6): {procfs.error_text(err)}")
         lines = []
-    for line in lines:
+    def route6(line: str) -> dict[str, Any]:
         f = line.split()
-        if len(f) < 10:
-            continue
-        out.append({"family": "inet6", "interface": f[9],
-                    "destination": f"{_ip6(f[0])}/{int(f[1], 16)}",
-                    "source": f"{_ip6(f[2])}/{int(f[3], 16)}", "gateway": _ip6(f[4]),
-                    "metric": int(f[5], 16), "flags": _flags(int(f[8], 16))})
+        return {"family": "inet6", "interface": f[9],
+                "destination": f"{_ip6(f[0])}/{int(f[1], 16)}",
+                "source": f"{_ip6(f[2])}/{int(f[3], 16)}", "gateway": _ip6(f[4]),
+                "metric": int(f[5], 16), "flags": _flags(int(f[8], 16))}
+    out += procfs.parse_lines((ln for ln in lines if ln.strip()), route6, "routes (IPv6)",
+                              problems)
     return out, problems
 
 
@@ -197,11 +261,12 @@ def neighbours(run_ip: Callable[[list[str]], tuple[str | None, str | None]] | No
     except OSError as err:
         problems.append(f"neighbours (IPv4): {procfs.error_text(err)}")
         lines = []
-    for line in lines:
+    def arp(line: str) -> dict[str, Any]:
         f = line.split()
-        if len(f) >= 6:
-            out.append({"family": "inet", "address": f[0], "lladdr": f[3],
-                        "flags": f[2], "interface": f[5]})
+        return {"family": "inet", "address": f[0], "lladdr": f[3], "flags": f[2],
+                "interface": f[5]}
+    out += procfs.parse_lines((ln for ln in lines if ln.strip()), arp, "neighbours (IPv4)",
+                              problems)
     if run_ip is None:
         problems.append("neighbours (IPv6): iproute2 `ip` not found; the NDP table is "
                         "only readable through netlink")

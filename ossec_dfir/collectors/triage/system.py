@@ -6,12 +6,13 @@ be read); none raises for a missing or unreadable source.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from typing import Any
 
 from ... import procfs
-from ...evidence.store import utc_iso
+from ...evidence.store import utc_iso, utc_iso_ns
 
 SYS = "/sys"
 # Bits of /proc/sys/kernel/tainted (Documentation/admin-guide/tainted-kernels.rst).
@@ -68,19 +69,20 @@ def modules() -> tuple[list[dict[str, Any]], list[str]]:
                                         "loadable module support); listed /sys/module "
                                         "instead (built-in modules, no sizes)"]
         return [], [f"modules: {procfs.error_text(err)}"]
-    out = []
-    for line in text.splitlines():
+
+    def parse(line: str) -> dict[str, Any]:
         f = line.split()
-        if len(f) < 5:
-            continue
         rec: dict[str, Any] = {"name": f[0], "size": int(f[1]), "refcount": _int(f[2]),
                                "used_by": [d for d in f[3].strip(",").split(",")
                                            if d and d != "-"],
                                "state": f[4], "address": f[5] if len(f) > 5 else None,
                                "taint": f[6].strip("()") if len(f) > 6 else ""}
         rec["sys_taint"] = _read_sys(f[0], "taint")
-        out.append(rec)
-    return out, []
+        return rec
+    problems: list[str] = []
+    out = procfs.parse_lines((ln for ln in text.split("\n") if ln.strip()), parse, "modules",
+                             problems)
+    return out, problems
 
 
 def _builtin_modules() -> list[dict[str, Any]]:
@@ -111,31 +113,37 @@ def mounts() -> tuple[list[dict[str, Any]], list[str]]:
     problems: list[str] = []
     for pid in ("1", "self"):
         try:
-            text = procfs.read_text(procfs.path(pid, "mountinfo"), 8 << 20)
+            # bytes kept (surrogateescape): a user's FUSE mount point may be any name
+            text = procfs.read_bytes(procfs.path(pid, "mountinfo"), 8 << 20).decode(
+                "utf-8", "surrogateescape")
             break
         except OSError as err:
             problems.append(f"mounts: /proc/{pid}/mountinfo: {procfs.error_text(err)}")
     else:
         return [], problems
-    out = []
-    for line in text.splitlines():
+
+    def parse(line: str) -> dict[str, Any]:
         pre, sep, post = line.partition(" - ")
         f, g = pre.split(), post.split()
-        if not sep or len(f) < 6 or len(g) < 2:
-            continue
-        out.append({"mount_id": int(f[0]), "parent_id": int(f[1]), "device": f[2],
-                    "root": _unescape(f[3]), "mount_point": _unescape(f[4]),
-                    "options": f[5], "optional": f[6:], "fstype": g[0],
-                    "source": _unescape(g[1]), "super_options": g[2] if len(g) > 2 else None,
-                    "namespace_of": pid})
-    return out, problems if pid == "self" else []
+        if not sep:
+            raise ValueError("no separator")
+        return {"mount_id": int(f[0]), "parent_id": int(f[1]), "device": f[2],
+                "root": _unescape(f[3]), "mount_point": _unescape(f[4]),
+                "options": f[5], "optional": f[6:], "fstype": g[0],
+                "source": _unescape(g[1]), "super_options": g[2] if len(g) > 2 else None,
+                "namespace_of": pid}
+    bad: list[str] = []
+    out = procfs.parse_lines((ln for ln in text.split("\n") if ln.strip()), parse, "mounts", bad)
+    return out, (problems if pid == "self" else []) + bad
 
 
 def _unescape(text: str) -> str:
-    """Undo the octal escapes of mountinfo (space is \\040)."""
+    """Undo the octal escapes of mountinfo (space is \\040), keeping the name's bytes."""
     if "\\" not in text:
         return text
-    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8) & 0xFF]),
+                 text.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def auth_log_tail(paths: tuple[str, ...], max_lines: int, max_bytes: int
@@ -167,7 +175,7 @@ def auth_log_tail(paths: tuple[str, ...], max_lines: int, max_bytes: int
         if lines and not lines[-1]:
             lines.pop()
         lines = lines[-max_lines:] if max_lines else []
-        info = {"path": log_path, "size": st.st_size, "mtime": utc_iso(st.st_mtime),
+        info = {"path": log_path, "size": st.st_size, "mtime": utc_iso_ns(st.st_mtime_ns),
                 "read_from_offset": start, "lines": len(lines)}
         return ([{"path": log_path, "line": line.decode("utf-8", "replace")} for line in lines],
                 info, problems)

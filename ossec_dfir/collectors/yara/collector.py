@@ -15,7 +15,6 @@ cache key), ``matches.jsonl`` (one line per file or process and rule),
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pwd
 import stat
@@ -25,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import rules as _yararules
+from ...evidence import text as _text
 from ...evidence.fs import sha256_fd
-from ...evidence.store import utc_iso
+from ...evidence.store import utc_iso_ns
 from ..base import Collector, Context, Params, Result, register
 from ...errors import LimitReached
 from .. import walk as _walk
@@ -139,8 +139,10 @@ def scan_file(rules: Any, path: str, st: os.stat_result, params: YaraParams,
         return {"skip": _open_skip_reason(err)}
     try:
         ext = os.path.splitext(path)[1].lower()
-        externals = {"filename": os.path.basename(path), "filepath": path,
-                     "extension": ext, "owner": owner}
+        # libyara takes UTF-8: a name with undecodable bytes is given escaped (\xNN).
+        externals = {"filename": _text.escape(os.path.basename(path)),
+                     "filepath": _text.escape(path), "extension": _text.escape(ext),
+                     "owner": _text.escape(owner)}
         try:
             if truncated:
                 data = os.pread(fd, params.max_file_bytes, 0)
@@ -203,7 +205,7 @@ def _write_line(writer: Any, budget: dict[str, int], record: dict[str, Any]) -> 
         budget["dropped"] += 1
         return
     budget["left"] -= 1
-    writer.write((json.dumps(record, sort_keys=True, default=str) + "\n").encode())
+    writer.write(_text.json_line(record))
 
 
 class _FileScan:
@@ -293,7 +295,8 @@ class _FileScan:
             return
         self.matched += 1
         base = {"type": "file", "origin": origin, "path": path, "size": st.st_size,
-                "mtime": utc_iso(st.st_mtime), "ctime": utc_iso(st.st_ctime),
+                "mtime": utc_iso_ns(st.st_mtime_ns), "ctime": utc_iso_ns(st.st_ctime_ns),
+                "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
                 "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid, "gid": st.st_gid,
                 "owner": self.owner(st.st_uid), "inode": st.st_ino,
                 "sha256": outcome.get("sha256"), "scanned_bytes": outcome["scanned_bytes"],

@@ -194,6 +194,7 @@ def pie_program():
     Path(src).write_text(PIE_SOURCE)
     subprocess.run(["gcc", "-g", "-O0", "-fPIE", "-pie", "-pthread", src, "-o", exe],
                    check=True, timeout=120)
+    os.chmod(exe, 0o755)  # whatever umask an earlier test left (the AR entry sets 077)
     yield exe
     shutil.rmtree(workdir)
 
