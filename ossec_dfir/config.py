@@ -26,6 +26,7 @@ _TOP_KEYS = {
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
+EXPECTS = ("srcip", "filename", "none")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Profile:
     description: str
     steps: tuple[Step, ...]
     stateful: bool = True
+    expect: str = "srcip"  # what the alert must carry: srcip, filename or none
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                     or not pdata["steps"]:
                 problems.append(f"{where(ppath)}: needs a non-empty 'steps' list")
                 continue
-            unknown = set(pdata) - {"description", "steps", "stateful"}
+            unknown = set(pdata) - {"description", "steps", "stateful", "expect"}
             if unknown:
                 problems.append(f"{where(ppath)}: unknown keys {sorted(unknown)}")
             steps = []
@@ -257,8 +259,12 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
             stateful = pdata.get("stateful", True)
             if not isinstance(stateful, bool):
                 problems.append(f"{where(ppath + '.stateful')}: must be true or false")
+            expect = pdata.get("expect", "srcip")
+            if expect not in EXPECTS:
+                problems.append(f"{where(ppath + '.expect')}: must be one of "
+                                f"{', '.join(EXPECTS)}")
             profiles[pname] = Profile(pname, str(pdata.get("description") or ""), tuple(steps),
-                                      bool(stateful))
+                                      bool(stateful), str(expect))
     if problems:
         raise ConfigError(problems, source)
     evidence_root = data.get("evidence_root") or os.path.join(ossec_dir, "dfir")

@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from . import log as arlog, request as rq
-from ..config import DEFAULT_CONFIG, ENV_CONFIG, Config, config_path_for, load, ossec_dir_of_script
+from ..config import (DEFAULT_CONFIG, ENV_CONFIG, Config, Profile, config_path_for, load,
+    ossec_dir_of_script)
 from ..errors import (EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_STORE, BadRequest,
     ConfigError, DfirError, StoreError)
 from .request import Request
@@ -44,9 +45,16 @@ def installed_script(script: str) -> bool:
         os.path.basename(os.path.dirname(parent)) == "active-response"
 
 
+def needs_file(profile: Profile, req: Request) -> None:
+    """Refuse (BadRequest) a request without a usable filename for a filename profile."""
+    if profile.expect == "filename" and req.action == "add" and req.filename is None:
+        raise BadRequest(req.filename_refused or "the alert carries no filename "
+                         f"(profile {profile.name} has expect: filename)", "filename")
+
+
 def handshake(req: Request, config: Config, stdin_fd: int, stdout_fd: int) -> str:
     """Run Wazuh's check_keys exchange; return continue, abort or a no-answer note."""
-    keys = [str(req.srcip) if req.srcip is not None else "host"]
+    keys = [req.key]
     try:
         os.write(stdout_fd, rq.check_keys_message(req.command, keys))
         line = rq.read_line(stdin_fd, 65536, config.check_keys_timeout_s)
@@ -159,7 +167,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
             args_text = "wazuh-json " + rq.sanitize(line.decode("utf-8", "replace"), 300)
             req = rq.from_wazuh_json(command, line)
         args_text = _request_text(req)
-        config.profile(command)
+        needs_file(config.profile(command), req)
     except BadRequest as err:
         arlog.invocation(config.log_file, script, args_text, f"refused: {err}")
         return EXIT_BAD_INPUT
@@ -184,5 +192,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
     except DfirError as err:
         arlog.invocation(config.log_file, script, args_text, f"failed: {err}")
         return err.exit_code
+    if req.filename_refused:
+        status += f" (alert filename dropped: {req.filename_refused})"
     arlog.invocation(config.log_file, script, args_text, status)
     return EXIT_COMPLETE

@@ -2,17 +2,23 @@
 
 Two protocols (see shared/reference/active-response-protocol.md):
 
-* OSSEC: ``argv = [script, add|delete, user, srcip, alert_id, rule_id, extra...]``
-  with ``-`` for absent fields; the manual form of ``agent_control -b`` is
-  ``add - IP (from_the_server) (no_rule_id)``; everything after the rule id is
-  "extra" (a location may contain spaces and take several slots).
+* OSSEC: ``argv = [script, add|delete, user, srcip, alert_id, rule_id, location...,
+  filename...]`` with ``-`` for absent fields; the manual form of
+  ``agent_control -b`` is ``add - IP (from_the_server) (no_rule_id)``. The
+  location may contain spaces and take several slots; the filename is
+  shell-escaped by analysisd and may take several slots too (see
+  ossec_filename.py for how it is rejoined and un-escaped).
 * Wazuh 4.2+: no arguments, one JSON line on stdin.
 
 Every field is attacker-influenced. Nothing here executes anything, and a
-field that does not validate refuses the whole invocation (BadRequest).
+field that does not validate refuses the whole invocation (BadRequest), except
+the alert's filename: one that cannot be used unambiguously is dropped and
+its reason kept in ``Request.filename_refused`` (the entry point refuses the
+request when its profile needs the filename).
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -24,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import BadRequest
+from .ossec_filename import split_extra
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -57,6 +64,7 @@ class Request:
     agent_name: str | None = None
     location: str | None = None
     filename: str | None = None
+    filename_refused: str | None = None  # why the alert's filename was dropped
     extra_args: tuple[str, ...] = ()
     manual: bool = False
     alert_timestamp: str | None = None
@@ -67,7 +75,7 @@ class Request:
     @property
     def key(self) -> str:
         """Return the incident key of this request (see incident_key)."""
-        return incident_key(self.srcip)
+        return incident_key(self.srcip, self.filename)
 
     def to_record(self) -> dict[str, Any]:
         """Return a JSON-safe dict of every field (the trigger record)."""
@@ -76,6 +84,7 @@ class Request:
                 "user": self.user, "alert_id": self.alert_id, "rule_id": self.rule_id,
                 "agent_id": self.agent_id, "agent_name": self.agent_name,
                 "location": self.location, "filename": self.filename,
+                "filename_refused": self.filename_refused,
                 "extra_args": list(self.extra_args), "manual": self.manual,
                 "alert_timestamp": self.alert_timestamp, "received": self.received,
                 "raw": self.raw}
@@ -90,9 +99,15 @@ class Request:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def incident_key(srcip: IPAddress | None) -> str:
-    """Return the incident key: the normalised IP (``:`` as ``_``) or ``host``."""
+def incident_key(srcip: IPAddress | None, filename: str | None = None) -> str:
+    """Return the incident key: what the alert is about.
+
+    The normalised IP (``:`` as ``_``) when there is a srcip; else the alert's
+    file as ``file-<first 16 hex of sha256(path bytes)>``; else ``host``.
+    """
     if srcip is None:
+        if filename:
+            return "file-" + hashlib.sha256(os.fsencode(filename)).hexdigest()[:16]
         return "host"
     key = str(srcip).replace(":", "_")
     # "::1" would give "__1", not a safe path component: write the zero group.
@@ -140,15 +155,32 @@ def _user(value: Any) -> str | None:
     return text
 
 
-def _filename(value: Any) -> str | None:
+def check_filename(value: Any) -> tuple[str | None, str | None]:
+    """Return (filename, None) for a usable alert filename, else (None, why not).
+
+    Usable: text without NUL whose bytes (surrogateescape) encode, an absolute
+    path without ``.``/``..`` components. Other control characters are valid in
+    a file name and kept (refusing them would let an attacker hide a file from
+    a filename profile); every log line escapes them. ``-`` or an empty value is
+    no filename and no problem.
+    """
     if value is None:
-        return None
-    text = _check_text(value, "filename")
-    if _opt(text) is None:
-        return None
-    if not text.startswith("/") or "/../" in text + "/" or "/./" in text + "/":
-        raise BadRequest("must be an absolute, normalised path", "filename")
-    return text
+        return None, None
+    if not isinstance(value, str):
+        return None, "must be a string"
+    if _opt(value) is None:
+        return None, None
+    if len(value) > MAX_ARG_CHARS:
+        return None, f"longer than {MAX_ARG_CHARS} characters"
+    if "\x00" in value:
+        return None, "contains a NUL character"
+    try:
+        os.fsencode(value)
+    except UnicodeError:
+        return None, "not encodable as file system bytes"
+    if not value.startswith("/") or "/../" in value + "/" or "/./" in value + "/":
+        return None, "must be an absolute, normalised path"
+    return value, None
 
 
 def _action(value: Any) -> str:
@@ -167,8 +199,11 @@ def from_ossec_argv(command: str, args: list[str]) -> Request:
     """Parse OSSEC's positional arguments (argv without argv[0])."""
     if len(args) > MAX_ARGS:
         raise BadRequest(f"more than {MAX_ARGS} arguments", "argv")
-    for i, arg in enumerate(args):
+    for i, arg in enumerate(args[:5]):
         _check_text(arg, f"argv[{i + 1}]")
+    for i, arg in enumerate(args[5:], 6):  # location and filename: checked once split
+        if len(arg) > MAX_ARG_CHARS:
+            raise BadRequest(f"longer than {MAX_ARG_CHARS} characters", f"argv[{i}]")
     raw = " ".join(sanitize(a, 256) for a in args)
     if len(args) < 3:
         raise BadRequest("expected: add|delete user srcip [alert_id rule_id ...]", "argv")
@@ -191,23 +226,15 @@ def from_ossec_argv(command: str, args: list[str]) -> Request:
             rule_id = args[4]
         else:
             raise BadRequest("not a rule id (digits)", "rule_id")
-    extra = args[5:]
+    location, name, problem = split_extra(command, args)
+    if location is not None:
+        location = _opt(_check_text(location, "location"))
     filename = None
-    location = None
-    if extra:
-        # The filename is execd's last slot; the location is the rest (it may
-        # contain spaces and so span several slots). Neither is trusted.
-        last = extra[-1]
-        filename = last if last.startswith("/") and len(extra) > 1 else None
-        if filename is not None:
-            filename = _filename(filename)
-            loc_parts = extra[:-1]
-        else:
-            loc_parts = extra if last != "-" else extra[:-1]
-        location = _opt(" ".join(loc_parts)) if loc_parts else None
+    if name is not None:
+        filename, problem = check_filename(name)
     return Request(protocol="ossec", action=action, command=command, srcip=srcip, user=user,
                    alert_id=alert_id, rule_id=rule_id, location=location, filename=filename,
-                   manual=manual, raw=raw[:MAX_RAW_CHARS])
+                   filename_refused=problem, manual=manual, raw=raw[:MAX_RAW_CHARS])
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -270,10 +297,12 @@ def from_wazuh_json(command: str, line: bytes) -> Request:
         raise BadRequest(f"must be a list of at most {MAX_ARGS} strings",
                          "parameters.extra_args")
     extra_args = tuple(_check_text(a, "parameters.extra_args", 256) for a in extra)
+    # syscheck.path is passed as it is (JSON, not shell-escaped).
+    filename, problem = check_filename(_get(alert, "syscheck", "path"))
     return Request(protocol="wazuh", action=action, command=command, srcip=srcip,
                    user=_user(user), alert_id=alert_id, rule_id=rule_id, agent_id=agent_id,
-                   agent_name=agent_name, location=location,
-                   filename=_filename(_get(alert, "syscheck", "path")),
+                   agent_name=agent_name, location=location, filename=filename,
+                   filename_refused=problem,
                    extra_args=extra_args, manual=alert_id is None and rule_id is None,
                    alert_timestamp=timestamp, raw=text.strip()[:MAX_RAW_CHARS])
 

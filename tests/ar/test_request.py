@@ -83,12 +83,18 @@ def test_hostile_srcip_refused_wazuh(srcip):
     ["start", "-", "1.2.3.4"], ["add"], [], ["add", "--help", "1.2.3.4"],
     ["add", "-x", "1.2.3.4"], ["add", "root;id", "1.2.3.4"], ["add", "-", "1.2.3.4", "12;3"],
     ["add", "-", "1.2.3.4", "1.2", "57a"], ["add", "-", "1.2.3.4", "-", "-", "x\x00y"],
-    ["add", "-", "1.2.3.4", "-", "-", "loc", "/a/../../etc/shadow"],
     ["add", "-", "1.2.3.4"] + ["x"] * 100, ["add", "-", "1.2.3.4", "-", "-", "A" * 65536],
 ])
 def test_hostile_argv_refused(args):
     with pytest.raises(BadRequest):
         from_ossec_argv("dfir-pcap", args)
+
+
+def test_unusable_filename_is_dropped_with_its_reason_not_the_request():
+    req = from_ossec_argv("dfir-pcap", ["add", "-", "1.2.3.4", "-", "-", "loc",
+                                        "/a/../../etc/shadow"])
+    assert str(req.srcip) == "1.2.3.4" and req.location == "loc"
+    assert req.filename is None and "normalised" in req.filename_refused
 
 
 def test_wazuh_message_parsed():
