@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import log as arlog, request as rq
@@ -66,7 +67,18 @@ def handshake(req: Request, config: Config, stdin_fd: int, stdout_fd: int) -> st
         return "no answer"
 
 
-def accept(config: Config, req: Request, config_path: str) -> str:
+@dataclass(frozen=True)
+class Queued:
+    """Where an accepted add went: its incident, its trigger and who runs it."""
+
+    incident: str
+    created: bool
+    path: str
+    trigger: str
+    started: str
+
+
+def queue(config: Config, req: Request, config_path: str) -> Queued:
     """Record an add in its incident, queue it, start a worker if a slot is free."""
     from .. import hostinfo
     from . import worker
@@ -90,10 +102,16 @@ def accept(config: Config, req: Request, config_path: str) -> str:
             finally:
                 os.close(slot_fd)
             started = f"worker {pid}"
-        return (f"accepted: incident={incident.id}{' (new)' if created else ''} "
-                f"trigger={trigger['trigger_id']} {started}")
+        return Queued(incident.id, created, incident.path, trigger["trigger_id"], started)
     finally:
         store.close()
+
+
+def accept(config: Config, req: Request, config_path: str) -> str:
+    """Queue an add (see queue) and return the status for its log line."""
+    q = queue(config, req, config_path)
+    return (f"accepted: incident={q.incident}{' (new)' if q.created else ''} "
+            f"trigger={q.trigger} {q.started}")
 
 
 def stop(config: Config, req: Request) -> str:
