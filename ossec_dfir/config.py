@@ -259,6 +259,13 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
             stateful = pdata.get("stateful", True)
             if not isinstance(stateful, bool):
                 problems.append(f"{where(ppath + '.stateful')}: must be true or false")
+            ar_timeout = pdata.get("ar_timeout_s")
+            if isinstance(ar_timeout, int) and not isinstance(ar_timeout, bool):
+                # A capture of a bound response must end on the delete, not on duration_s.
+                for i, step in enumerate(steps):
+                    why = step.params.ar_timeout_problem(ar_timeout)
+                    if why:
+                        problems.append(f"{where(f'{ppath}.steps[{i}]')}.params: {why}")
             expect = pdata.get("expect", "srcip")
             if expect not in EXPECTS:
                 problems.append(f"{where(ppath + '.expect')}: must be one of "
