@@ -205,6 +205,24 @@ def _response_keys(pdata: dict[str, Any], ppath: str, where: Callable[[str], str
     return str(expect), timeout
 
 
+def timeout_notes(config: Config) -> list[str]:
+    """Return, per bound profile, the steps that would end before its AR delete comes.
+
+    A capture of a response with a ``<timeout>`` should end on execd's delete
+    (up to 90 s late, later when repeated alerts reset the timer), not on its own
+    duration_s. Not an error: a short capture may be what the administrator wants.
+    """
+    notes = []
+    for name, profile in sorted(config.profiles.items()):
+        if profile.ar_timeout_s is None:
+            continue
+        for i, step in enumerate(profile.steps):
+            why = step.params.ar_timeout_problem(profile.ar_timeout_s)
+            if why:
+                notes.append(f"profiles.{name}.steps[{i}].params: {why}")
+    return notes
+
+
 def validate(data: dict[str, Any], source: str, ossec_dir: str,
              lines: dict[str, tuple[str, int]] | None = None) -> Config:
     """Validate a merged config mapping; raise ConfigError listing every problem."""

@@ -190,15 +190,20 @@ def readlink(pid: int, name: str) -> str:
     return os.readlink(path(pid, name))
 
 
-def namespaces(pid: int) -> dict[str, int | None]:
-    """Return the inode number of each namespace of a process (None when unreadable)."""
+def namespaces(pid: int, errors: dict[str, str] | None = None) -> dict[str, int | None]:
+    """Return the inode number of each namespace of a process (None when unreadable).
+
+    When ``errors`` is given, the error_text() of each unreadable kind is put in it.
+    """
     base = f"{PROC}/{pid}/ns/"
     out: dict[str, int | None] = {}
     for kind in NAMESPACES:
         try:
             link = os.readlink(base + kind)
-        except OSError:
+        except OSError as err:
             out[kind] = None
+            if errors is not None:
+                errors[kind] = error_text(err)
             continue
         out[kind] = int(link[link.index("[") + 1:-1]) if link.endswith("]") else None
     return out

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import log as arlog, request as rq
-from ..config import DEFAULT_CONFIG, ENV_CONFIG, Config, config_path_for, load, ossec_dir_of_script
+from ..config import (DEFAULT_CONFIG, ENV_CONFIG, Config, Profile, config_path_for, load,
+    ossec_dir_of_script)
 from ..errors import (EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_STORE, BadRequest,
     ConfigError, DfirError, StoreError)
 from .request import Request
@@ -44,9 +46,16 @@ def installed_script(script: str) -> bool:
         os.path.basename(os.path.dirname(parent)) == "active-response"
 
 
+def needs_file(profile: Profile, req: Request) -> None:
+    """Refuse (BadRequest) a request without a usable filename for a filename profile."""
+    if profile.expect == "filename" and req.action == "add" and req.filename is None:
+        raise BadRequest(req.filename_refused or "the alert carries no filename "
+                         f"(profile {profile.name} has expect: filename)", "filename")
+
+
 def handshake(req: Request, config: Config, stdin_fd: int, stdout_fd: int) -> str:
     """Run Wazuh's check_keys exchange; return continue, abort or a no-answer note."""
-    keys = [str(req.srcip) if req.srcip is not None else "host"]
+    keys = [req.key]
     try:
         os.write(stdout_fd, rq.check_keys_message(req.command, keys))
         line = rq.read_line(stdin_fd, 65536, config.check_keys_timeout_s)
@@ -58,7 +67,18 @@ def handshake(req: Request, config: Config, stdin_fd: int, stdout_fd: int) -> st
         return "no answer"
 
 
-def accept(config: Config, req: Request, config_path: str) -> str:
+@dataclass(frozen=True)
+class Queued:
+    """Where an accepted add went: its incident, its trigger and who runs it."""
+
+    incident: str
+    created: bool
+    path: str
+    trigger: str
+    started: str
+
+
+def queue(config: Config, req: Request, config_path: str) -> Queued:
     """Record an add in its incident, queue it, start a worker if a slot is free."""
     from .. import hostinfo
     from . import worker
@@ -82,10 +102,16 @@ def accept(config: Config, req: Request, config_path: str) -> str:
             finally:
                 os.close(slot_fd)
             started = f"worker {pid}"
-        return (f"accepted: incident={incident.id}{' (new)' if created else ''} "
-                f"trigger={trigger['trigger_id']} {started}")
+        return Queued(incident.id, created, incident.path, trigger["trigger_id"], started)
     finally:
         store.close()
+
+
+def accept(config: Config, req: Request, config_path: str) -> str:
+    """Queue an add (see queue) and return the status for its log line."""
+    q = queue(config, req, config_path)
+    return (f"accepted: incident={q.incident}{' (new)' if q.created else ''} "
+            f"trigger={q.trigger} {q.started}")
 
 
 def stop(config: Config, req: Request) -> str:
@@ -163,11 +189,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
             args_text = "wazuh-json " + rq.sanitize(line.decode("utf-8", "replace"), 300)
             req = rq.from_wazuh_json(command, line)
         args_text = _request_text(req)
-        profile = config.profile(command)
-        if req.filename_problem and req.action == "add" and \
-                rq.profile_uses_filename(profile.steps):
-            # only a profile that reads the alert's file is refused for its name
-            raise BadRequest(req.filename_problem, "filename")
+        needs_file(config.profile(command), req)
     except BadRequest as err:
         arlog.invocation(config.log_file, script, args_text, f"refused: {err}")
         return EXIT_BAD_INPUT
@@ -193,6 +215,8 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
     except DfirError as err:
         arlog.invocation(config.log_file, script, args_text, f"failed: {err}")
         return err.exit_code
+    if req.filename_refused:
+        status += f" (alert filename dropped: {req.filename_refused})"
     arlog.invocation(config.log_file, script, args_text, status)
     _flush_kept_outcomes(config)
     return EXIT_COMPLETE

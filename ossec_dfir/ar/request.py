@@ -2,21 +2,26 @@
 
 Two protocols (see shared/reference/active-response-protocol.md):
 
-* OSSEC: ``argv = [script, add|delete, user, srcip, alert_id, rule_id, extra...]``
-  with ``-`` for absent fields; the manual form of ``agent_control -b`` is
-  ``add - IP (from_the_server) (no_rule_id)``; everything after the rule id is
-  "extra" (a location may contain spaces and take several slots).
+* OSSEC: ``argv = [script, add|delete, user, srcip, alert_id, rule_id, location...,
+  filename...]`` with ``-`` for absent fields; the manual form of
+  ``agent_control -b`` is ``add - IP (from_the_server) (no_rule_id)``. The
+  location may contain spaces and take several slots; the filename is
+  shell-escaped by analysisd and may take several slots too (see
+  ossec_filename.py for how it is rejoined and un-escaped).
 * Wazuh 4.2+: no arguments, one JSON line on stdin.
 
 Every field is attacker-influenced. Nothing here executes anything. Only the
 fields the collection acts on refuse the whole invocation (BadRequest) when
-they do not validate: the action and the srcip. The filename is refused by the
-entry point only for a profile that reads the alert's file. Every other field
-(user, location, agent name, timestamp, ids, extra args) is kept as bounded,
-escaped text (``\\xNN``) or dropped, with a note in the trigger record.
+they do not validate: the action and the srcip. The alert's filename, when it
+cannot be used unambiguously, is dropped and its reason kept in
+``Request.filename_refused`` (the entry point refuses the request only when its
+profile is about the file: ``expect: filename``). Every other field (user,
+location, agent name, timestamp, ids, extra args) is kept as bounded, escaped
+text (``\\xNN``) or dropped, with a note in the trigger record.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -29,6 +34,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..evidence.text import display as _display, escape as _escape
+from .ossec_filename import split_extra
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -62,11 +68,10 @@ class Request:
     agent_name: str | None = None
     location: str | None = None
     filename: str | None = None
+    filename_refused: str | None = None  # why the alert's filename was dropped
     extra_args: tuple[str, ...] = ()
     manual: bool = False
     alert_timestamp: str | None = None
-    # Why the alert's filename could not be used (None when it could or was absent).
-    filename_problem: str | None = None
     # What was escaped, cut or dropped from fields the collection does not act on.
     notes: tuple[str, ...] = ()
     received: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
@@ -76,7 +81,7 @@ class Request:
     @property
     def key(self) -> str:
         """Return the incident key of this request (see incident_key)."""
-        return incident_key(self.srcip)
+        return incident_key(self.srcip, self.filename)
 
     def to_record(self) -> dict[str, Any]:
         """Return a JSON-safe dict of every field (the trigger record)."""
@@ -85,10 +90,10 @@ class Request:
                 "user": self.user, "alert_id": self.alert_id, "rule_id": self.rule_id,
                 "agent_id": self.agent_id, "agent_name": self.agent_name,
                 "location": self.location, "filename": self.filename,
+                "filename_refused": self.filename_refused,
                 "extra_args": list(self.extra_args), "manual": self.manual,
                 "alert_timestamp": self.alert_timestamp, "received": self.received,
-                "raw": self.raw, "filename_problem": self.filename_problem,
-                "notes": list(self.notes)}
+                "raw": self.raw, "notes": list(self.notes)}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Request:
@@ -108,9 +113,15 @@ class Request:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def incident_key(srcip: IPAddress | None) -> str:
-    """Return the incident key: the normalised IP (``:`` as ``_``) or ``host``."""
+def incident_key(srcip: IPAddress | None, filename: str | None = None) -> str:
+    """Return the incident key: what the alert is about.
+
+    The normalised IP (``:`` as ``_``) when there is a srcip; else the alert's
+    file as ``file-<first 16 hex of sha256(path bytes)>``; else ``host``.
+    """
     if srcip is None:
+        if filename:
+            return "file-" + hashlib.sha256(os.fsencode(filename)).hexdigest()[:16]
         return "host"
     key = str(srcip).replace(":", "_")
     # "::1" would give "__1", not a safe path component: write the zero group.
@@ -190,42 +201,46 @@ def _user(value: Any, notes: list[str] | None = None) -> str | None:
 
 def _alert_filename(value: Any, field_name: str,
                     notes: list[str]) -> tuple[str | None, str | None]:
-    """Return (filename, why it is unusable); the entry point refuses only a profile using it."""
-    try:
-        name = _filename(value)
-        if name is not None:
-            os.fsencode(name)  # a lone surrogate from JSON names no file
-        return name, None
-    except UnicodeEncodeError:
-        notes.append(f"{field_name}: not usable as the alert's file (not a file name)")
-        return None, f"not a file name ({field_name})"
-    except BadRequest as err:
-        shown = _kept_text(value, field_name, [], 256)
-        notes.append(f"{field_name}: not usable as the alert's file ({err.reason}): {shown}")
-        return None, f"{err.reason} ({field_name})"
+    """Return (filename, why it was dropped), noting a dropped name in the trigger record."""
+    name, problem = check_filename(value)
+    if problem:
+        shown = _kept_text(value, field_name, [], 256) if isinstance(value, str) else "-"
+        notes.append(f"{field_name}: not usable as the alert's file ({problem}): {shown}")
+    return name, problem
 
 
-def _filename(value: Any) -> str | None:
+def check_filename(value: Any) -> tuple[str | None, str | None]:
+    """Return (filename, None) for a usable alert filename, else (None, why not).
+
+    Usable: text without NUL whose bytes (surrogateescape) encode, an absolute
+    path without ``.``/``..`` components. Other control characters are valid in
+    a file name and kept (refusing them would let an attacker hide a file from
+    a filename profile); every log line escapes them. ``-`` or an empty value is
+    no filename and no problem.
+    """
     if value is None:
-        return None
-    text = _check_text(value, "filename")
-    if _opt(text) is None:
-        return None
-    if not text.startswith("/") or "/../" in text + "/" or "/./" in text + "/":
-        raise BadRequest("must be an absolute, normalised path", "filename")
-    return text
+        return None, None
+    if not isinstance(value, str):
+        return None, "must be a string"
+    if _opt(value) is None:
+        return None, None
+    if len(value) > MAX_ARG_CHARS:
+        return None, f"longer than {MAX_ARG_CHARS} characters"
+    if "\x00" in value:
+        return None, "contains a NUL character"
+    try:
+        os.fsencode(value)
+    except UnicodeError:
+        return None, "not encodable as file system bytes"
+    if not value.startswith("/") or "/../" in value + "/" or "/./" in value + "/":
+        return None, "must be an absolute, normalised path"
+    return value, None
 
 
 def _action(value: Any) -> str:
     if value not in ("add", "delete"):
         raise BadRequest("must be add or delete", "action")
     return str(value)
-
-
-def profile_uses_filename(steps: Any) -> bool:
-    """Return True when a profile's steps read the alert's file (files or yara)."""
-    return any(getattr(step.params, "include_alert_file", False)
-               or getattr(step.params, "scan_alert_file", False) for step in steps)
 
 
 def sanitize(text: str, max_chars: int = 512) -> str:
@@ -261,24 +276,17 @@ def from_ossec_argv(command: str, args: list[str]) -> Request:
             manual = True
         else:
             rule_id = _kept_id(args[4], _RULE_ID, "rule_id", "a rule id (digits)", notes)
-    extra = args[5:]
-    filename = filename_problem = None
-    location = None
-    if extra:
-        # The filename is execd's last slot; the location is the rest (it may
-        # contain spaces and so span several slots). Neither is trusted.
-        last = extra[-1]
-        filename = last if last.startswith("/") and len(extra) > 1 else None
-        if filename is not None:
-            filename, filename_problem = _alert_filename(filename, "filename", notes)
-            loc_parts = extra[:-1]
-        else:
-            loc_parts = extra if last != "-" else extra[:-1]
-        location = _opt(_kept_text(" ".join(loc_parts), "location", notes)) \
-            if loc_parts else None
+    location_text, name, problem = split_extra(command, args)
+    location = _opt(_kept_text(location_text, "location", notes)) \
+        if location_text is not None else None
+    filename = None
+    if name is not None:
+        filename, problem = _alert_filename(name, "filename", notes)
+    elif problem:
+        notes.append(f"filename: not usable as the alert's file ({problem})")
     return Request(protocol="ossec", action=action, command=command, srcip=srcip, user=user,
                    alert_id=alert_id, rule_id=rule_id, location=location, filename=filename,
-                   filename_problem=filename_problem, notes=tuple(notes[:32]),
+                   filename_refused=problem, notes=tuple(notes[:32]),
                    manual=manual, raw=raw[:MAX_RAW_CHARS])
 
 
@@ -333,12 +341,12 @@ def from_wazuh_json(command: str, line: bytes) -> Request:
         notes.append(f"parameters.extra_args: not a list of at most {MAX_ARGS} strings; dropped")
         extra = []
     extra_args = tuple(_kept_text(a, "parameters.extra_args", notes, 256) or "" for a in extra)
-    filename, filename_problem = _alert_filename(_get(alert, "syscheck", "path"),
+    filename, problem = _alert_filename(_get(alert, "syscheck", "path"),
                                                  "parameters.alert.syscheck.path", notes)
     return Request(protocol="wazuh", action=action, command=command, srcip=srcip,
                    user=_user(user, notes), alert_id=alert_id, rule_id=rule_id,
                    agent_id=agent_id, agent_name=agent_name, location=location,
-                   filename=filename, filename_problem=filename_problem,
+                   filename=filename, filename_refused=problem,
                    notes=tuple(notes[:32]), extra_args=extra_args,
                    manual=raw_alert_id is None and raw_rule_id is None,
                    alert_timestamp=timestamp, raw=_escape(text.strip())[:MAX_RAW_CHARS])

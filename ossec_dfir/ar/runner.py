@@ -251,7 +251,34 @@ class Runner:
         self.on_only_background = on_only_background
 
     def run_profile(self, profile: Profile) -> str:
-        """Run every step (background and continuous steps overlap the next ones)."""
+        """Run every step (background and continuous steps overlap the next ones).
+
+        One run of a profile per incident at a time: while it runs (a capture
+        until its delete), another add of the same command for the incident
+        runs nothing and its outcome is ``duplicate``, whatever its steps.
+        """
+        held = self.store.try_lock(self._profile_lock_name(profile))
+        if held is None:
+            out = StepOutcome("*", "skipped", f"{profile.name} already running for this "
+                                              "incident; trigger recorded only", duplicate=True)
+            self.outcomes.append(out)
+            self.incident.record({"type": "collector", "collector": "*", "params": {},
+                                  "trigger": self.trigger_id, "started": utc_now(),
+                                  "ended": utc_now(), "outcome": out.outcome,
+                                  "reason": out.reason, "summary": {}, "files": []})
+            return overall(self.outcomes)
+        closing = self.child_close_fds
+        self.child_close_fds = closing + (held,)  # collector children do not keep it
+        try:
+            return self._run_steps(profile)
+        finally:
+            self.child_close_fds = closing
+            os.close(held)
+
+    def _profile_lock_name(self, profile: Profile) -> str:
+        return f"profile-{self.incident.id}-{profile.name}"
+
+    def _run_steps(self, profile: Profile) -> str:
         background: list[_Running] = []
         for step in profile.steps:
             handle = self._start(step)

@@ -14,6 +14,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from .ossec_filename import escape
+
 
 @dataclass
 class SimResult:
@@ -44,8 +46,9 @@ def ossec_argv(script: str, action: str, srcip: str | None, user: str | None = N
     if manual:
         return [script, action, "-", srcip or "-", "(from_the_server)", "(no_rule_id)"]
     argv = [script, action, user or "-", srcip or "-", alert_id or "-", rule_id or "-"]
+    # analysisd shell-escapes the filename; execd splits the line on spaces.
     argv += (location or "-").split(" ")
-    argv.append(filename or "-")
+    argv += escape(filename).split(" ") if filename else ["-"]
     return argv
 
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from ..ar.simulate import find_script, ossec_argv, run_ossec, run_wazuh, wazuh_message
-from ..config import Config
+from ..config import Config, timeout_notes
 from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE, InstallError
 from ..ossec import install as ossec_install
 from ..ossec import conftext, files, manager, ossecconf, snippets
@@ -39,6 +39,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     problems = rule_problems(config)
     for problem in problems:
         print(f"{config.source}: {problem}")
+    for note in timeout_notes(config):
+        print(f"{config.source}: note: {note}")
     print(f"{config.source}: {'OK' if not problems else 'PROBLEMS'}")
     for name, profile in sorted(config.profiles.items()):
         print(f"  {name}: " + " -> ".join(

@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 from typing import Any
 
-from ..errors import EXIT_COMPLETE, ConfigError
+from ..errors import EXIT_COMPLETE, BadRequest, ConfigError
 from ..procfs import pid_alive
 from .common import EXIT_BY_OUTCOME, load_config, open_store, print_json
+
+_FILE_KEY = re.compile(r"^file-[0-9a-f]{16}$")
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -26,10 +30,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
     """Run a profile or one collector now, through the same code path as the AR."""
     from ..ar import entry
     from .. import hostinfo
-    from ..collectors.base import build_params, load_collectors
-    from ..config import Profile, Step
-    from ..ar.request import Request, parse_ip
+    from ..collectors.base import build_params, get_collector, load_collectors
+    from ..config import DEFAULT_CONFIG, Profile, Step
+    from ..ar.request import Request, check_filename, parse_ip
     from ..ar.runner import Runner
+    from ..ar.worker import log_outcome
 
     config = load_config(args)
     params = _parse_params(args.param)
@@ -43,25 +48,67 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise ConfigError([f"{args.name!r} is neither a profile nor a collector (profiles: "
                            f"{', '.join(sorted(config.profiles))}; collectors: "
                            f"{', '.join(sorted(load_collectors()))})"])
+    if args.detach and args.name not in config.profiles or args.detach and params:
+        raise ConfigError([f"--detach runs a profile of the config as the AR would "
+                           f"({', '.join(sorted(config.profiles))}), without --param"])
     srcip = parse_ip(args.srcip) if args.srcip else None
+    filename, problem = check_filename(args.filename)
+    if problem:
+        raise BadRequest(problem, "--filename")
     req = Request(protocol="cli", action="add", command=args.name, srcip=srcip,
-                  filename=args.filename,
+                  filename=filename,
                   raw=" ".join(["ossec-dfir collect", args.name] + (
-                      ["--srcip", args.srcip] if args.srcip else []) + [
+                      ["--srcip", args.srcip] if args.srcip else []) + (
+                      ["--filename", args.filename] if args.filename else []) + [
                       f"--param {p}" for p in args.param])[:2000])
+    entry.needs_file(profile, req)
+    if args.detach:
+        # The AR's own path: trigger, queue, a detached worker; the worker writes
+        # the outcome line to the log when the collection ends.
+        queued = entry.queue(config, req, config.source if config.source != DEFAULT_CONFIG
+                             else "")
+        print(f"incident {queued.incident}{' (new)' if queued.created else ''}: {queued.path}")
+        print(f"queued: trigger {queued.trigger}, {queued.started}; the outcome line goes to "
+              f"{config.log_file} (ossec-dfir status, ossec-dfir show {queued.incident})")
+        return EXIT_COMPLETE
     store = open_store(config, create=True)
     trigger = entry._trigger_record(req, "accepted")
     incident, created = store.incident_for(req.key, hostinfo.identity, trigger)
     incident.append_trigger(trigger)
     print(f"incident {incident.id}{' (new)' if created else ''}: {incident.path}", flush=True)
+    continuous = [s for s in profile.steps if get_collector(s.collector).stops_on_delete]
+    for step in continuous:
+        print(f"{step.collector}: runs until `ossec-dfir stop {req.srcip or req.key}`, Ctrl-C, or "
+              f"duration_s={getattr(step.params, 'duration_s', step.params.timeout_s):g} s "
+              f"(use --detach to run it in the background)", flush=True)
     runner = Runner(config, store, incident, req, trigger["trigger_id"])
-    outcome = runner.run_profile(profile)
-    incident.record({"type": "outcome", "trigger": trigger["trigger_id"],
-                     "command": req.command, "outcome": outcome})
+    previous = signal.signal(signal.SIGINT, _stop_on_interrupt(store, req)) \
+        if continuous else None
+    try:
+        outcome = runner.run_profile(profile)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    tip = incident.record({"type": "outcome", "trigger": trigger["trigger_id"],
+                           "command": req.command, "outcome": outcome})
+    reason = "; ".join(f"{o.collector}: {o.reason}" for o in runner.outcomes if o.reason)
+    log_outcome(config, req, incident.id, outcome, runner.outcomes, reason, tip)
+    incident.close()
     for o in runner.outcomes:
         print(f"  {o.collector:10s} {o.outcome:9s} {o.reason or ''}")
-    print(f"outcome: {outcome}")
+    print(f"outcome: {outcome} (outcome line in {config.log_file})")
     return EXIT_BY_OUTCOME[outcome]
+
+
+def _stop_on_interrupt(store: Any, req: Any) -> Any:
+    """Return a SIGINT handler: the first Ctrl-C stops the capture as a delete would."""
+    from ..ar.runner import request_stop
+
+    def handler(signum: int, frame: Any) -> None:
+        request_stop(store, req.command, req.key)
+        print("\nstopping the capture as a delete would (Ctrl-C again to abort)", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return handler
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -100,7 +147,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     """Stop the continuous collections (captures) for an IP, as a delete would."""
     from ..ar.request import incident_key, parse_ip
     from ..ar.runner import ALL_COMMANDS, request_stop
-    key = incident_key(None if args.srcip == "host" else parse_ip(args.srcip))
+    if args.srcip == "host" or _FILE_KEY.fullmatch(args.srcip):
+        key = args.srcip
+    else:
+        key = incident_key(parse_ip(args.srcip))
     store = open_store(load_config(args), create=True)
     request_stop(store, args.command or ALL_COMMANDS, key)
     print(f"stop requested for {key} ({args.command or 'all commands'})")
@@ -113,6 +163,9 @@ def add_parsers(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("name", help="profile (e.g. dfir-triage) or collector (e.g. triage)")
     p.add_argument("--srcip", help="the attacker's IP (validated)")
     p.add_argument("--filename", help="a file named by the alert (yara/files scan it first)")
+    p.add_argument("--detach", action="store_true",
+                   help="queue the profile for a detached worker (as the AR does), print the "
+                        "incident and return at once")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="collector parameter (YAML value); with a collector name")
     p.set_defaults(func=cmd_collect)
@@ -120,6 +173,6 @@ def add_parsers(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("stop", help=cmd_stop.__doc__, parents=parents)
-    p.add_argument("srcip", help="IP address, or 'host'")
+    p.add_argument("srcip", help="IP address, 'host', or a file key (file-<16 hex>)")
     p.add_argument("--command", help="only this AR command's collection (default: all)")
     p.set_defaults(func=cmd_stop)

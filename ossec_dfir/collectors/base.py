@@ -49,6 +49,10 @@ class Params:
 
     timeout_s: float = 300.0
 
+    def ar_timeout_problem(self, ar_timeout_s: int | None) -> str | None:
+        """Return why these parameters would end before the AR delete (None: they fit)."""
+        return None
+
 
 @dataclass
 class Result:

@@ -108,7 +108,7 @@ def test_wazuh_check_keys_continue(tree):
     assert res.returncode == 0
     assert res.check_keys == {"version": 1, "origin": {"name": "dfir-host",
                                                        "module": "active-response"},
-                              "command": "check_keys", "parameters": {"keys": ["2001:db8::7"]}}
+                              "command": "check_keys", "parameters": {"keys": ["2001_db8__7"]}}
     assert "outcome=complete" in tree.wait_outcome()[0]
     assert tree.incidents()[0].endswith("_2001_db8__7")
 

@@ -97,9 +97,10 @@ def test_second_add_starts_nothing_but_is_recorded(tree):
     assert run(argv(tree, "add")) == 0
     assert wait_for(lambda: "pcap" in running_collectors(tree)), "capture never started"
     assert run(argv(tree, "add")) == 0
-    assert wait_for(lambda: len(collector_entries(tree, "pcap")) == 1)
-    [skipped] = collector_entries(tree, "pcap")
+    assert wait_for(lambda: len(collector_entries(tree, "*")) == 1)
+    [skipped] = collector_entries(tree, "*")
     assert skipped["outcome"] == "skipped" and "already running" in skipped["reason"]
+    assert collector_entries(tree, "pcap") == []  # the running capture has no entry yet
     assert running_collectors(tree).count("pcap") == 1
     assert run(argv(tree, "delete")) == 0
     outcomes = tree.wait_outcome(2, timeout_s=45)
@@ -134,3 +135,37 @@ def test_worker_inherits_no_descriptor_and_execd_sees_eof(tree):
         os.close(out_r)
         run(argv(tree, "delete"))
         tree.wait_outcome(1, timeout_s=45)
+
+
+MULTI_STEP = ("profiles:\n  dfir-watch:\n    steps:\n      - collector: host\n"
+              "      - collector: pcap\n"
+              "        params: {duration_s: 120, timeout_s: 180, interface: lo, "
+              "summary: false}\n")
+
+
+def test_second_add_of_a_multi_step_profile_is_a_duplicate(tmp_path):
+    """The first add's host step is long finished when the second add comes: the
+    second must not run it again nor report complete, but say duplicate."""
+    tree = Tree(tmp_path, MULTI_STEP)
+    cmd = [tree.script("dfir-watch"), "add", "-", "127.0.0.3", "1764376501.78", "100100",
+           "/var/log/auth.log", "-"]
+    assert run(cmd) == 0
+    assert wait_for(lambda: "pcap" in running_collectors(tree)), "capture never started"
+    assert run(cmd) == 0
+    second = tree.wait_outcome(1, timeout_s=45)
+    assert len(second) == 1 and "outcome=duplicate" in second[0], second
+    assert "command=dfir-watch" in second[0] and "steps=*:skipped" in second[0]
+    assert len(collector_entries(tree, "host")) == 1  # not run again
+    [skipped] = collector_entries(tree, "*")
+    assert "dfir-watch already running for this incident" in skipped["reason"]
+    assert run([tree.script("dfir-watch"), "delete"] + cmd[2:]) == 0
+    outcomes = tree.wait_outcome(2, timeout_s=45)
+    assert "outcome=complete" in outcomes[1], outcomes
+    assert collector_entries(tree, "pcap")[0]["outcome"] == "complete"
+    # Once the first run has ended, a new add runs the profile again.
+    assert run(cmd) == 0
+    assert wait_for(lambda: len(collector_entries(tree, "host")) == 2)
+    assert run([tree.script("dfir-watch"), "delete"] + cmd[2:]) == 0
+    assert "outcome=complete" in tree.wait_outcome(3, timeout_s=45)[2]
+    [incident] = tree.incidents()
+    assert verify(str(tree.evidence / incident)).ok

@@ -88,6 +88,13 @@ def test_hostile_argv_refused(args):
         from_ossec_argv("dfir-pcap", args)
 
 
+def test_unusable_filename_is_dropped_with_its_reason_not_the_request():
+    req = from_ossec_argv("dfir-pcap", ["add", "-", "1.2.3.4", "-", "-", "loc",
+                                        "/a/../../etc/shadow"])
+    assert str(req.srcip) == "1.2.3.4" and req.location == "loc"
+    assert req.filename is None and "normalised" in req.filename_refused
+
+
 def test_wazuh_message_parsed():
     req = from_wazuh_json("dfir-pcap", wazuh_line())
     assert req.protocol == "wazuh" and req.action == "add"
@@ -182,8 +189,9 @@ def test_unused_argv_fields_are_kept_escaped_with_a_note(args, field, value):
 def test_an_unusable_filename_is_noted_for_the_entry_point_to_judge():
     req = from_ossec_argv("dfir-files", ["add", "-", "203.0.113.5", "-", "-", "loc",
                                          "/a/../../etc/shadow"])
-    assert req.filename is None and "normalised" in req.filename_problem
+    assert req.filename is None and "normalised" in req.filename_refused
     assert req.location == "loc"
+    assert any(n.startswith("filename:") for n in req.notes)
 
 
 def test_wazuh_alert_fields_not_acted_on_never_refuse():
@@ -199,7 +207,7 @@ def test_wazuh_alert_fields_not_acted_on_never_refuse():
     assert (req.rule_id, req.alert_id, req.agent_id) == (None, None, None)
     assert req.agent_name == "we\\x0ab1" and req.location == "\\u202e\\x00gol"
     assert req.alert_timestamp == "\\x1b]0;x\\x07" and req.extra_args == ()
-    assert req.filename == "/var/www/a\udcffb.php" and req.filename_problem is None
+    assert req.filename == "/var/www/a\udcffb.php" and req.filename_refused is None
     assert not req.manual
     fields = {n.split(":")[0] for n in req.notes}
     assert fields >= {"parameters.alert.rule.id", "parameters.alert.id", "user",
@@ -209,4 +217,5 @@ def test_wazuh_alert_fields_not_acted_on_never_refuse():
     line = json.dumps({**msg, "parameters": {"alert": {
         **alert, "syscheck": {"path": "/var/www/a\x1bb.php"}}}}).encode() + b"\n"
     req = from_wazuh_json("dfir-pcap", line)
-    assert req.filename is None and "control characters" in req.filename_problem
+    # a control character is valid in a file name: kept, so the file can be scanned
+    assert req.filename == "/var/www/a\x1bb.php" and req.filename_refused is None

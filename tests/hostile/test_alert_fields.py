@@ -2,7 +2,8 @@
 
 An attacker chooses the user (``ssh 'adm!n'@host``), and a local user the
 name of the file FIM reports; neither may cost the incident. Only the action,
-the srcip and (for a profile that reads it) the alert's file are refused.
+the srcip and (for a profile about the file, ``expect: filename``) an unusable
+alert filename are refused; other profiles drop such a name with a note.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def ar_setup(tmp_path, monkeypatch):
         "max_workers: 1\ncheck_keys: false\nprofiles:\n"
         "  t-host:\n    steps:\n      - collector: host\n"
         "  t-files:\n    steps:\n      - collector: files\n"
+        f"        params: {{roots: [{www}], timeout_s: 30}}\n"
+        "  t-files-file:\n    expect: filename\n    steps:\n      - collector: files\n"
         f"        params: {{roots: [{www}], timeout_s: 30}}\n")
     monkeypatch.setenv("OSSEC_DFIR_CONFIG", str(conf))
     return tmp_path
@@ -69,21 +72,26 @@ def test_unused_fields_are_kept_escaped_and_the_incident_collected(ar_setup):
     assert trigger["status"] == "accepted" and trigger["user"] == "adm!n"
     assert trigger["agent_name"] == "web\\x1b[2J1"
     assert trigger["location"] == "/var/log/a\\x07uth.log"
-    assert trigger["filename"] is None and "control characters" in trigger["filename_problem"]
+    # a control character is valid in a file name: the file is kept (and named exactly)
+    assert trigger["filename"] == "/var/www/x\x1b.php" and trigger["filename_refused"] is None
     noted = {n.split(":")[0] for n in trigger["notes"]}
-    assert {"user", "parameters.alert.agent.name", "parameters.alert.location",
-            "parameters.alert.syscheck.path"} <= noted
+    assert {"user", "parameters.alert.agent.name", "parameters.alert.location"} <= noted
     step = wait_collector_entry(evidence, "203.0.113.31", "host")
     assert step["outcome"] == "complete"
 
 
-def test_a_profile_reading_the_file_refuses_an_unusable_name_only(ar_setup):
+def test_only_a_profile_about_the_file_refuses_an_unusable_name(ar_setup):
     evidence = ar_setup / "ev"
-    code = invoke("t-files", wazuh("203.0.113.32", path=b"/var/www/x\\u001b.php"))
+    code = invoke("t-files-file", wazuh("203.0.113.32", path=b"/var/www/../etc/x.php"))
     assert code == 2
     assert not list(evidence.glob("*_203.0.113.32"))
     log = (ar_setup / "ar.log").read_text()
-    assert "refused: filename: contains control characters" in log
+    assert "refused: filename: must be an absolute, normalised path" in log
+    # a profile keyed by the srcip goes on without the name, and says why
+    assert invoke("t-files", wazuh("203.0.113.32", path=b"/var/www/../etc/x.php")) == 0
+    (trigger,) = triggers(evidence, "203.0.113.32")
+    assert trigger["filename"] is None and "normalised" in trigger["filename_refused"]
+    assert any(n.startswith("parameters.alert.syscheck.path") for n in trigger["notes"])
 
 
 def test_a_non_utf8_file_name_from_fim_is_collected(ar_setup):

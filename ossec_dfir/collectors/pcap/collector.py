@@ -29,14 +29,19 @@ INTERFACE_RE = re.compile(r"^(any|[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14})$")
 SYSFS_NET = "/sys/class/net"
 MAX_SNAPLEN = 262144
 NORMAL_STOPS = (DELETE_STOP, HAND_STOP, SHUTDOWN_STOP)
+# What timeout_s must leave after duration_s: the summary (scapy) or only the drain.
+SUMMARY_RESERVE_S = 30.0
+DRAIN_RESERVE_S = 5.0
+# OSSEC's execd checks its timers every 90 s when idle: the delete comes up to this late.
+EXECD_DELETE_LATE_S = 90.0
 
 
 @dataclass(frozen=True)
 class PcapParams(Params):
     """Parameters of the pcap collector."""
 
-    timeout_s: float = 720.0          # whole run: capture, then the summary
-    duration_s: float = 600.0         # capture length when no delete arrives
+    timeout_s: float = 3900.0         # whole run: capture, then the summary
+    duration_s: float = 3600.0        # safety cap: the AR delete normally ends the capture
     interface: str = "any"            # an interface name, or any
     backend: str = "auto"             # auto (tcpdump if installed), tcpdump or native
     max_bytes: int = 1 << 30          # capture file size (0: only the reserve)
@@ -53,13 +58,31 @@ class PcapParams(Params):
             problems.append(f"interface: {self.interface!r} is not an interface name")
         if self.backend not in BACKENDS:
             problems.append(f"backend: must be one of {', '.join(BACKENDS)}")
-        if not 0 < self.duration_s <= self.timeout_s:
-            problems.append("duration_s: must be above 0 and at most timeout_s")
+        after = SUMMARY_RESERVE_S if self.summary else DRAIN_RESERVE_S
+        if not 0 < self.duration_s:
+            problems.append("duration_s: must be above 0")
+        elif self.timeout_s < self.duration_s + after:
+            problems.append(f"timeout_s: must be at least duration_s + {after:g} s (the time "
+                            f"{'for the summary' if self.summary else 'to drain the capture'} "
+                            f"after the capture; timeout_s ends the whole run)")
         if not 64 <= self.snaplen_bytes <= MAX_SNAPLEN:
             problems.append(f"snaplen_bytes: must be between 64 and {MAX_SNAPLEN}")
         if not 1 << 20 <= self.buffer_bytes <= 1 << 30:
             problems.append("buffer_bytes: must be between 1 MiB and 1 GiB")
         return problems
+
+    def ar_timeout_problem(self, ar_timeout_s: int | None) -> str | None:
+        """Return why duration_s would end the capture before an AR delete could, or None.
+
+        With an AR ``<timeout>`` of T seconds the delete comes after T s, up to
+        EXECD_DELETE_LATE_S later, and later still when repeated alerts reset the
+        timer: duration_s is the safety cap beyond it, never the usual end.
+        """
+        if not ar_timeout_s or self.duration_s >= ar_timeout_s + EXECD_DELETE_LATE_S:
+            return None
+        return (f"duration_s={self.duration_s:g} ends the capture before the AR delete "
+                f"(ar_timeout_s={ar_timeout_s} + up to {EXECD_DELETE_LATE_S:g} s late): make "
+                f"it at least {ar_timeout_s + EXECD_DELETE_LATE_S:g}")
 
 
 @register

@@ -30,12 +30,15 @@ from . import net
 from . import system
 from ...evidence import text as _text
 from ...evidence.store import utc_iso
+from . import procs as _procs
 from .procs import ProcessReader, read_processes
 
 _FLUSH_RECORDS = 512
 # One encoder for every record (json.dumps with options builds a new one per call).
 # Keys keep the order the record was built in (pid, ppid, name first), which is stable.
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+# Processes remembered per net namespace, to read its sockets through one still running.
+_NETNS_PIDS = 8
 # Seconds of the time budget kept for the cheap sections and the summary.
 _TAIL_RESERVE_S = 2.0
 
@@ -125,7 +128,7 @@ class Snapshot:
         self.connections: list[dict[str, Any]] = []
         self.unix_sockets: list[dict[str, Any]] = []
         self.self_netns: int | None = None
-        self.netns_pids: dict[int, int] = {}
+        self.netns_pids: dict[int, list[int]] = {}  # a few pids per net namespace
         self.socket_owners: dict[int, list[tuple[int, int]]] = {}
         self.processes: dict[int, dict[str, Any]] = {}
         self.system: dict[str, Any] = {}
@@ -238,7 +241,7 @@ def _processes(snap: Snapshot) -> None:
     inet_by_inode = {c["inode"]: c for c in snap.connections if c["inode"]}
     procs_out = snap.lines("processes.jsonl")
     files_out = snap.lines("open_files.jsonl") if params.open_files else None
-    denied_pids = gone = flagged = deleted_open = 0
+    denied_pids = vanished = zombies = exited_during = flagged = deleted_open = 0
     cut: str | None = None
     pids = psutil.pids()
     read = 0
@@ -247,12 +250,16 @@ def _processes(snap: Snapshot) -> None:
     try:
         for pid, rec, fd_records in records:
             read += 1
-            gone += bool(rec.get("gone"))
+            vanished += bool(rec.get("vanished"))
+            zombies += bool(rec.get("zombie"))
+            exited_during += bool(rec.get("exited_during_read"))
             denied_pids += bool(rec.get("denied"))
             flagged += bool(rec.get("exe_deleted") or rec.get("exe_in_temp"))
             netns = (rec.get("namespaces") or {}).get("net")
             if netns is not None:
-                snap.netns_pids.setdefault(netns, pid)
+                holders = snap.netns_pids.setdefault(netns, [])
+                if len(holders) < _NETNS_PIDS:
+                    holders.append(pid)
             snap.processes[pid] = rec
             if not procs_out.add(rec):
                 cut = f"max_records={params.max_records} reached"
@@ -279,7 +286,11 @@ def _processes(snap: Snapshot) -> None:
         if files_out is not None:
             files_out.close(cut)
             snap.count("open_files.jsonl", files_out)
-    snap.counts.update({"processes_gone": gone, "processes_with_denied_fields": denied_pids,
+    # Exited processes (zombies that execd has not reaped yet, processes that
+    # vanished mid-read) are counted, not problems: only denials make it partial.
+    snap.counts.update({"processes_vanished": vanished, "processes_zombie": zombies,
+                        "processes_exited_during_read": exited_during,
+                        "processes_with_denied_fields": denied_pids,
                         "processes_exe_flagged": flagged,
                         "open_files_deleted_or_memfd": deleted_open})
     if denied_pids:
@@ -290,11 +301,14 @@ def _processes(snap: Snapshot) -> None:
 def _connections(snap: Snapshot) -> None:
     """Add the sockets of the other net namespaces, map owners, write the socket files."""
     namespaces = {snap.self_netns}
-    for netns, pid in sorted(snap.netns_pids.items()):
+    for netns, pids in sorted(snap.netns_pids.items()):
         if netns in namespaces:
             continue
         namespaces.add(netns)
-        inet, unix, problems = net.socket_tables(pid)
+        for pid in pids:  # a process that exited since the walk: read through the next one
+            inet, unix, problems = net.socket_tables(pid)
+            if not problems or _procs.final_state(pid) == "running":
+                break
         snap.connections += inet
         snap.unix_sockets += unix
         snap.problems += [f"net namespace {netns} (via pid {pid}): {p}" for p in problems]

@@ -7,9 +7,13 @@ here with psutil's own rules (states, name completion, cmdline separators),
 one read of stat, status and cmdline each.
 
 One record per process (``processes.jsonl``) and one per open descriptor
-(``open_files.jsonl``). A field /proc refuses is ``null`` and named
-in the record's ``denied`` list; a process that vanishes mid-read keeps what
-was read and gets ``gone: true``. Nothing here raises for one process.
+(``open_files.jsonl``). A field /proc refuses to a running process is
+``null`` and named in the record's ``denied`` list. A process that has exited
+is not a denial: a zombie (exited, not yet reaped, e.g. a script execd has
+not waited for) gets ``zombie: true``; one that disappears before or while it
+is read gets ``vanished: true``; either keeps what was read and lists the
+fields it no longer had in ``unavailable`` (see _classify). Nothing here
+raises for one process.
 """
 from __future__ import annotations
 
@@ -43,13 +47,12 @@ class ProcessReader:
     def read(self, pid: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Return (the process record, its descriptor records) for one pid."""
         rec: dict[str, Any] = {"pid": pid}
-        denied: list[str] = []
-        errors: dict[str, str] = {}
+        failed: dict[str, str] = {}  # field -> why /proc did not give it
         try:
             tty_nr, flags = procfs.stat_and_status(pid, self.boot, rec)
         except OSError as err:
             if procfs.error_text(err) == "process gone":
-                return {"pid": pid, "gone": True}, []
+                return {"pid": pid, "vanished": True}, []
             return {"pid": pid, "denied": ["stat"], "errors": {"stat": procfs.error_text(err)}}, []
         kernel_thread = bool(flags & PF_KTHREAD)
         rec["create_time"] = utc_iso(rec.pop("create_time_epoch"))
@@ -60,7 +63,7 @@ class ProcessReader:
             rec["cmdline"] = procfs.cmdline(pid, CMDLINE_MAX_BYTES)
         except OSError as err:
             rec["cmdline"] = None
-            _record_error("cmdline", err, denied, errors)
+            failed["cmdline"] = procfs.error_text(err)
         if len(rec["name"]) >= 15 and rec["cmdline"]:
             # stat truncates the name to 15 bytes; psutil completes it from argv[0].
             argv0 = os.path.basename(rec["cmdline"][0])
@@ -70,19 +73,12 @@ class ProcessReader:
             rec["cwd"] = os.readlink(f"{procfs.PROC}/{pid}/cwd")
         except OSError as err:
             rec["cwd"] = None
-            _record_error("cwd", err, denied, errors)
-        self._procfs_fields(pid, rec, denied, errors, kernel_thread)
+            failed["cwd"] = procfs.error_text(err)
+        self._procfs_fields(pid, rec, failed, kernel_thread)
         fd_records: list[dict[str, Any]] = []
         if self.open_files and not kernel_thread:
-            fd_records = self._fds(pid, rec, denied, errors)
-        if errors and rec["status"] == "zombie":
-            # A zombie keeps its pid and stat but no longer has an exe, cwd or files.
-            errors = {k: "zombie: released its files and memory" for k in errors}
-        elif errors and all(v == "process gone" for v in errors.values()) and _gone(pid):
-            rec["gone"] = True
-        rec["denied"] = sorted(set(denied))
-        if errors:
-            rec["errors"] = errors
+            fd_records = self._fds(pid, rec, failed)
+        _classify(pid, rec, failed)
         return rec, fd_records
 
     def _username(self, uid: int) -> str:
@@ -95,23 +91,26 @@ class ProcessReader:
             self._users[uid] = name
         return name
 
-    def _procfs_fields(self, pid: int, rec: dict[str, Any], denied: list[str],
-                       errors: dict[str, str], kernel_thread: bool) -> None:
+    def _procfs_fields(self, pid: int, rec: dict[str, Any], failed: dict[str, str],
+                       kernel_thread: bool) -> None:
         """Add root, cgroup, namespaces and the executable's path, flags and hash."""
         base = f"{procfs.PROC}/{pid}/"
         try:
             rec["root"] = os.readlink(base + "root")
         except OSError as err:
             rec["root"] = None
-            _record_error("root", err, denied, errors)
+            failed["root"] = procfs.error_text(err)
         try:
             rec["cgroup"], rec["container_id"] = procfs.cgroup(pid)
         except OSError as err:
             rec["cgroup"] = rec["container_id"] = None
-            _record_error("cgroup", err, denied, errors)
-        rec["namespaces"] = procfs.namespaces(pid)
-        if None in rec["namespaces"].values() and not _gone(pid):
-            denied.append("namespaces")
+            failed["cgroup"] = procfs.error_text(err)
+        ns_errors: dict[str, str] = {}
+        rec["namespaces"] = procfs.namespaces(pid, ns_errors)
+        if ns_errors:
+            # One kind of failure names the field; access denied wins (it is a real denial).
+            failed["namespaces"] = "access denied" if "access denied" in ns_errors.values() \
+                else sorted(ns_errors.values())[0]
         rec.update(exe=None, exe_link=None, exe_sha256=None, exe_size=None, exe_inode=None,
                    exe_deleted=False, exe_replaced=False, exe_memfd=False, exe_in_temp=False)
         if kernel_thread:
@@ -119,7 +118,7 @@ class ProcessReader:
         try:
             link = rec["exe_link"] = os.readlink(base + "exe")
         except OSError as err:
-            _record_error("exe", err, denied, errors)
+            failed["exe"] = procfs.error_text(err)
             link = ""
         deleted = link.endswith(procfs.DELETED_SUFFIX)
         exe_path = rec["exe"] = (link[:-len(procfs.DELETED_SUFFIX)] if deleted else link) or None
@@ -131,20 +130,20 @@ class ProcessReader:
         rec["exe_inode"] = hashed.get("exe_inode")
         if "exe_hash_error" in hashed:
             rec["exe_hash_error"] = hashed["exe_hash_error"]
-            if hashed["exe_hash_error"] == "access denied":
-                denied.append("exe_sha256")
+            if hashed["exe_hash_error"] in ("access denied", "process gone"):
+                failed["exe_sha256"] = hashed["exe_hash_error"]
         rec["exe_deleted"] = deleted or (hashed.get("exe_nlink") == 0
                                          and not rec["exe_memfd"])
         if rec["exe_deleted"]:
             rec["exe_replaced"] = _replaced(exe_path, hashed)
 
-    def _fds(self, pid: int, rec: dict[str, Any], denied: list[str],
-             errors: dict[str, str]) -> list[dict[str, Any]]:
+    def _fds(self, pid: int, rec: dict[str, Any],
+             failed: dict[str, str]) -> list[dict[str, Any]]:
         try:
             fd_records, truncated = procfs.fds(pid, self.max_fds)
         except OSError as err:
             rec["num_fds"] = None
-            _record_error("open_files", err, denied, errors)
+            failed["open_files"] = procfs.error_text(err)
             return []
         rec["num_fds"] = len(fd_records)
         if truncated:
@@ -154,16 +153,46 @@ class ProcessReader:
         return fd_records
 
 
-def _gone(pid: int) -> bool:
-    return not os.path.exists(procfs.path(pid))
+def final_state(pid: int) -> str:
+    """Return what pid is now: running, zombie (exited, not reaped) or vanished."""
+    try:
+        raw = procfs.read_bytes(procfs.path(pid, "stat"), 4096, single_record=True)
+    except OSError:
+        return "vanished"
+    state = raw.rsplit(b")", 1)[-1].split()[:1]
+    return "zombie" if state in ([b"Z"], [b"X"]) else "running"
 
 
-def _record_error(key: str, err: OSError, denied: list[str], errors: dict[str, str]) -> None:
-    text = procfs.error_text(err)
-    if text == "access denied":
-        denied.append(key)
-    else:
-        errors[key] = text
+def _classify(pid: int, rec: dict[str, Any], failed: dict[str, str]) -> None:
+    """Name why fields are missing: an exited process, or a real denial or error.
+
+    A zombie has released its memory, files, cwd, root and namespaces; a
+    process that exits while it is read loses them mid-way. Neither is a
+    denial: such a record gets ``zombie: true`` and/or ``vanished: true``
+    (``exited_during_read: true`` when stat still showed it alive) and the
+    fields it no longer had in ``unavailable``. Only a process still running
+    when its read ends can have ``denied`` fields (EACCES/EPERM) or ``errors``.
+    """
+    was_zombie = rec.get("status") == "zombie"
+    state = "zombie" if was_zombie and not failed else None
+    if failed and state is None:
+        state = final_state(pid)
+    if was_zombie or state == "zombie":
+        rec["zombie"] = True
+        rec["status"] = "zombie"
+    if state == "vanished":
+        rec["vanished"] = True
+    if rec.get("zombie") or rec.get("vanished"):
+        if not was_zombie:
+            rec["exited_during_read"] = True
+        if failed:
+            rec["unavailable"] = sorted(failed)
+        rec["denied"] = []
+        return
+    rec["denied"] = sorted(k for k, v in failed.items() if v == "access denied")
+    errors = {k: v for k, v in failed.items() if v != "access denied"}
+    if errors:
+        rec["errors"] = errors
 
 
 def _replaced(exe_path: str | None, hashed: dict[str, Any]) -> bool:
