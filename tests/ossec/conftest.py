@@ -450,6 +450,54 @@ def parse_logtest(output: str, count: int) -> list[dict[str, str]]:
     return results
 
 
+def root_denied_pids() -> set[int]:
+    """Return the live, non-zombie processes whose /proc links this root test process cannot read.
+
+    Some hosts keep processes from root (a sandbox's init, an LSM policy):
+    a triage there is rightly partial whoever runs it. Nothing to do with
+    execd: zombies and exited processes are not in this set.
+    """
+    denied = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or _session(int(entry)) is None:
+            continue
+        for link in ("exe", "cwd", "root", "ns/net"):
+            try:
+                os.readlink(f"/proc/{entry}/{link}")
+            except PermissionError:
+                denied.add(int(entry))
+                break
+            except OSError:
+                continue
+    return {p for p in denied if _session(p) is not None}
+
+
+def assert_triage_complete(tree: OssecTree, incident: str, outcome: Alert,
+                           host_denied: set[int]) -> None:
+    """Assert the triage outcome alert is 100901, unless the host itself denies root.
+
+    Under execd a triage meets the zombies execd has not reaped yet and
+    processes that exit while they are read: none may count as denied. Only
+    where some live process is unreadable to root outside execd too
+    (host_denied, taken before the alert) is a partial outcome right, and
+    then its only reason is that denial, for exactly those processes.
+    """
+    if not host_denied or outcome.rule_id == "100901":
+        assert outcome.rule_id == "100901", f"triage did not end complete:\n{outcome.text}"
+        return
+    assert outcome.rule_id == "100902", outcome.text
+    reason = re.search(r'reason="(.*)"', outcome.log).group(1)
+    assert re.fullmatch(r"triage: processes: \d+ processes with fields not readable "
+                        r"\(uid 0\); see their 'denied' lists", reason), outcome.text
+    records = [json.loads(line) for line in
+               (tree.evidence / incident / "triage" / "01" / "processes.jsonl")
+               .read_text().splitlines()]
+    denied = {r["pid"] for r in records if r.get("denied")}
+    assert denied and denied <= host_denied, \
+        f"denied under execd: {sorted(denied)}; unreadable to root here anyway: " \
+        f"{sorted(host_denied)}"
+
+
 def dfir_blocks(conf: str) -> list[str]:
     """Return the <active-response> blocks of an ossec.conf text that run a dfir-* command."""
     return [b for b in re.findall(r"<active-response>.*?</active-response>", conf, re.S)

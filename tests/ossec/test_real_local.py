@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import time
 
-from tests.ossec.conftest import (OUTCOME_RULES, OssecTree, append_line, dfir_blocks,
+from tests.ossec.conftest import (OUTCOME_RULES, OssecTree, append_line,
+                                  assert_triage_complete, dfir_blocks, root_denied_pids,
                                   site_setup, sshd_failed_line, wait_for)
 
 
@@ -48,13 +49,14 @@ def test_sshd_alert_runs_triage_and_pcap(ossec_local: OssecTree, site) -> None:
     _start_watching(tree, auth)
 
     ip = "203.0.113.5"
+    host_denied = root_denied_pids()
     append_line(auth, sshd_failed_line(ip))
     alert = tree.wait_alert(("5710",), ip, timeout_s=30)
     outcome = tree.wait_alert(OUTCOME_RULES, "command=dfir-triage ", timeout_s=120)
-    assert outcome.rule_id == "100901", f"triage did not end complete:\n{outcome.text}"
     assert f"srcip={ip} " in outcome.log
     incident = re.search(r"incident=(\S+)", outcome.log).group(1)
     assert incident.endswith(f"_{ip}")
+    assert_triage_complete(tree, incident, outcome, host_denied)
     # execd is still there: nothing in the config switched active responses off.
     assert tree.daemon_pid("ossec-execd"), tree.diagnostics()
     assert "Active response disabled" not in tree.log_since("ossec")
