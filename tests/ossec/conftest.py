@@ -213,7 +213,11 @@ class OssecTree:
             if self.path(name).exists():
                 shutil.rmtree(self.path(name))
         with tarfile.open(str(self.path(PRISTINE))) as tar:
-            tar.extractall(str(self.dir), numeric_owner=True)
+            # Our own archive of this tree: owners and modes (etc/shared is
+            # group-writable for the ossec group) come back exactly.
+            extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") \
+                else {}
+            tar.extractall(str(self.dir), numeric_owner=True, **extra)
         for name in STATE_DIRS:
             directory = self.path(name)
             if directory.is_dir():
