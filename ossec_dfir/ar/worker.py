@@ -221,10 +221,19 @@ def main(argv: list[str]) -> int:
     args = dict(zip(argv[::2], argv[1::2]))
     slot = {"fd": int(args["--slot-fd"])}
     ossec_dir = args["--ossec-dir"]
+    # When the worker cannot start, the queued jobs wait for one that can; the
+    # manager hears of it now (a failed outcome line, rule 100903).
     try:
         config = load(args["--config"] or None, ossec_dir)
+    except ConfigError as err:
+        arlog.outcome_to(os.path.join(ossec_dir, "logs", "active-responses.log"),
+                         arlog.failed_fields("-", None, f"worker cannot start: {err}"))
+        return 3
+    try:
         store = open_store(config)
-    except (ConfigError, StoreError):
+    except StoreError as err:
+        arlog.outcome_to(config.log_file,
+                         arlog.failed_fields("-", None, f"worker cannot start: {err}"))
         return 3
     code = _drain(config, store, slot, args["--config"], ossec_dir)
     if slot["fd"] is not None:  # never linger in a slot
@@ -272,12 +281,9 @@ def _drain(config: Config, store: Store, slot: dict[str, int | None], config_pat
                     handoff)
         except (DfirError, KeyError, ValueError, OSError) as err:
             record = job.get("request") if isinstance(job.get("request"), dict) else {}
-            # Same field order as log_outcome, so the shipped decoder reads it (rule 100903).
-            arlog.outcome(config, {"outcome": "failed", "command": record.get("command") or "-",
-                                   "srcip": record.get("srcip") or "-",
-                                   "incident": job.get("incident") or "-", "steps": "-",
-                                   "manifest_sha256": "-",
-                                   "reason": f"{type(err).__name__}: {err}"}, store)
+            fields = arlog.failed_fields(str(record.get("command") or "-"), record.get("srcip"),
+                                         f"{type(err).__name__}: {err}")
+            arlog.outcome(config, {**fields, "incident": job.get("incident") or "-"}, store)
         finally:
             done_job(store, name)
         if slot["fd"] is None:
