@@ -24,6 +24,7 @@ from ..base import BINARY_DIRS, Collector, Context, Params, Result, register
 from ...evidence.store import utc_now
 
 BACKENDS = ("auto", "tcpdump", "native")
+OWN_ADDRESS = ("skip", "capture")
 INTERFACE_RE = re.compile(r"^(any|[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14})$")
 SYSFS_NET = "/sys/class/net"
 MAX_SNAPLEN = 262144
@@ -44,12 +45,18 @@ class PcapParams(Params):
     buffer_bytes: int = 32 << 20      # kernel capture buffer (tcpdump -B / ring size)
     summary: bool = True              # write summary.json with scapy
     summary_max_packets: int = 200_000  # packets the summary reads at most (0: all)
+    # An srcip held by an interface of this host (127.0.0.1, ::1, the host's own
+    # address): "skip" (the srcip policy) or "capture" (knowingly record the
+    # host's own traffic on that address, secrets on loopback included).
+    own_address: str = "skip"
 
     def validate(self) -> list[str]:
         """Return the problems of these parameters."""
         problems = []
         if not INTERFACE_RE.match(self.interface):
             problems.append(f"interface: {self.interface!r} is not an interface name")
+        if self.own_address not in OWN_ADDRESS:
+            problems.append(f"own_address: must be one of {', '.join(OWN_ADDRESS)}")
         if self.backend not in BACKENDS:
             problems.append(f"backend: must be one of {', '.join(BACKENDS)}")
         if not 0 < self.duration_s <= self.timeout_s:
@@ -78,6 +85,11 @@ class PcapCollector(Collector):
         assert isinstance(params, PcapParams)
         if ctx.request.srcip is None:
             return "no srcip in the alert: the capture filter is built only from it"
+        if params.own_address == "skip":
+            from ..suspects import srcip_problem
+            refused = srcip_problem(ctx.request.srcip, "capture")
+            if refused:
+                return refused
         if params.interface != "any" and not os.path.isdir(
                 os.path.join(SYSFS_NET, params.interface)):
             return f"interface {params.interface} does not exist on this host"

@@ -401,6 +401,10 @@ class YaraCollector(Collector):
             result.degrade(str(LimitReached("max_files", params.max_files, self.name)))
         if budget["dropped"]:
             result.degrade(str(LimitReached("max_matches", params.max_matches, self.name)))
+        if procs is not None and procs.suspects_status and ctx.request.srcip is not None:
+            # the srcip policy said no (an address of this host): the reason says why
+            refused = procs.suspects_status
+            result.reason = f"{result.reason}; {refused}" if result.reason else refused
         return result
 
     @staticmethod
