@@ -94,16 +94,49 @@ def srcip_problem(srcip: Any, use: str = "suspects") -> str | None:
 
 def host_interface_of(srcip: Any) -> str | None:
     """Return the interface holding srcip on this host, or None."""
-    import psutil
-
     target = _norm(str(srcip))
     if target is None:
         return None
-    for name, addrs in sorted(psutil.net_if_addrs().items()):
-        for addr in addrs:
-            if _norm(addr.address or "") == target:
-                return name
+    for name, address in _interface_addresses():
+        if _norm(address) == target:
+            return name
     return None
+
+
+def _interface_addresses() -> list[tuple[str, str]]:
+    """Return (interface, address) pairs: psutil's, or /proc's where psutil is missing.
+
+    The capture (which needs no psutil otherwise) asks too. Without psutil,
+    IPv6 comes from /proc/net/if_inet6 and IPv4 from the kernel's local
+    routes in /proc/net/fib_trie (``/32 host LOCAL``: no interface name there).
+    """
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return [(name, addr.address or "") for name, addrs in sorted(psutil.net_if_addrs().items())
+                for addr in addrs]
+    out: list[tuple[str, str]] = []
+    try:
+        with open("/proc/net/if_inet6", "rb") as fh:
+            for line in fh.read(1 << 20).decode("ascii", "replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 6 and len(fields[0]) == 32:
+                    out.append((fields[5], ":".join(fields[0][i:i + 4] for i in range(0, 32, 4))))
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/fib_trie", "rb") as fh:
+            lines = fh.read(16 << 20).decode("ascii", "replace").splitlines()
+    except OSError:
+        lines = []
+    for before, line in zip(lines, lines[1:]):
+        if line.strip() == "/32 host LOCAL" and "|-- " in before:
+            pair = ("unknown (from /proc/net/fib_trie)", before.split("|-- ", 1)[1].strip())
+            if pair not in out:
+                out.append(pair)
+    return out
 
 
 # -- suspects in a snapshot (the triage collector) --------------------------

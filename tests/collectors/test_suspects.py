@@ -42,6 +42,16 @@ def test_srcip_problem_says_why_not_instead_of_guessing():
     assert suspects.suspect_pids("::1") == []
 
 
+def test_the_policy_holds_without_psutil(monkeypatch):
+    """The capture needs no psutil: the host's addresses then come from /proc."""
+    import sys
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil raises ImportError
+    assert suspects.host_interface_of("::1") == "lo"
+    assert suspects.host_interface_of("127.0.0.1") in ("lo", "unknown (from /proc/net/fib_trie)")
+    assert suspects.host_interface_of("127.0.0.9") is None
+    assert "not captured" in suspects.srcip_problem("127.0.0.1", "capture")
+
+
 def test_matching_connections_normalises_v4_mapped_and_scoped_addresses():
     conns = [conn("::ffff:203.0.113.5", None), conn("10.0.0.1", "203.0.113.5"),
              conn("fe80::1%eth0", "fe80::2"), conn("10.0.0.1", "198.51.100.7")]
