@@ -49,6 +49,9 @@ class PcapParams(Params):
     # address): "skip" (the srcip policy) or "capture" (knowingly record the
     # host's own traffic on that address, secrets on loopback included).
     own_address: str = "skip"
+    # With every capture slot taken and another trigger waiting for one, a capture
+    # that has written no packet this long yields its slot (0: never).
+    yield_after_s: float = 60.0
 
     def validate(self) -> list[str]:
         """Return the problems of these parameters."""
@@ -108,17 +111,35 @@ class PcapCollector(Collector):
             from ...errors import Skipped
             raise Skipped(why_not or "no capture backend")
         started_at = time.monotonic()
+        slot = ctx.capture_slot
+        live: dict[str, Any] = {"sink": None, "since": started_at}
 
         def stop() -> str | None:
             reason = ctx.should_stop()
-            if reason is None and time.monotonic() - started_at >= params.duration_s:
+            now = time.monotonic()
+            if reason is None and now - started_at >= params.duration_s:
                 reason = f"duration_s={params.duration_s:g} reached"
+            if reason is None and live["sink"] is not None and _idle_yield(
+                    slot, live["sink"].packets, now - live["since"], params.yield_after_s):
+                reason = (f"yielded its capture slot to a waiting trigger: no packet to or "
+                          f"from {ip} in {now - live['since']:.0f} s "
+                          f"(yield_after_s={params.yield_after_s:g})")
             return reason
+
+        if slot is not None and not slot.held:
+            why = slot.wait(stop)
+            if why:
+                from ...errors import Skipped
+                raise Skipped(f"max_captures={ctx.config.max_captures}: every capture slot "
+                              f"stayed busy for {slot.waited_s:.0f} s, until {why}")
+            ctx.note(f"waited {slot.waited_s:.1f} s for a capture slot")
+            live["since"] = time.monotonic()
 
         meta = {"filter": f"host {ip}", "backend": backend, "interface": params.interface}
         started = utc_now()
         with ctx.writer("capture.pcap", meta=meta) as writer:
             sink = PcapSink(writer, params.max_bytes, params.max_packets)
+            live["sink"] = sink
             if backend == "tcpdump":
                 tcpdump = ctx.binary("tcpdump") or ""
                 argv = _pcap_tcpdump.build_argv(tcpdump, ip, params.interface,
@@ -177,6 +198,16 @@ class PcapCollector(Collector):
         if doc.get("truncated"):
             ctx.note(f"summary truncated: {doc['truncated']}")
         result.summary["flows"] = len(doc["flows"])
+
+
+def _idle_yield(slot: Any, packets: int, elapsed_s: float, yield_after_s: float) -> bool:
+    """Return True (the slot released) when an idle capture yields to a waiting trigger."""
+    if slot is None or not slot.held or packets or not yield_after_s or elapsed_s < yield_after_s:
+        return False
+    if slot.claim_waiter() is None:
+        return False
+    slot.release()
+    return True
 
 
 def _choose_backend(ctx: Context, params: PcapParams) -> tuple[str | None, str | None]:
