@@ -155,8 +155,10 @@ def main(command: str, argv: list[str] | None = None, stdin_fd: int = 0,
                        ossec_dir_of_script(script)).log_file
         except Exception:  # noqa: BLE001 - fall back to the OSSEC log
             pass
+        why = f"internal error {type(err).__name__}: {err}"
         arlog.invocation(log, script, _raw_args_text(argv[1:]) or "(wazuh stdin)",
-                         f"failed: internal error {type(err).__name__}: {err}")
+                         f"failed: {why}")
+        arlog.outcome_to(log, arlog.failed_fields(command, None, why))
         return EXIT_FAILED
 
 
@@ -178,7 +180,9 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
         config = load(config_path if os.path.exists(config_path) or
                       os.environ.get(ENV_CONFIG) else None, ossec_dir)
     except ConfigError as err:
+        # Not the attacker's doing: every response on this host is off until it is fixed.
         arlog.invocation(default_log, script, args_text, f"refused: bad config: {err}")
+        arlog.outcome_to(default_log, arlog.failed_fields(command, None, f"bad config: {err}"))
         return EXIT_BAD_INPUT
     config_used = config.source if config.source != DEFAULT_CONFIG else ""
     try:
@@ -211,9 +215,11 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
             status = accept(config, req, config_used)
     except StoreError as err:
         arlog.invocation(config.log_file, script, args_text, f"failed: evidence store: {err}")
+        arlog.outcome(config, arlog.failed_fields(command, req.srcip, f"evidence store: {err}"))
         return EXIT_STORE
     except DfirError as err:
         arlog.invocation(config.log_file, script, args_text, f"failed: {err}")
+        arlog.outcome(config, arlog.failed_fields(command, req.srcip, str(err)))
         return err.exit_code
     if req.filename_refused:
         status += f" (alert filename dropped: {req.filename_refused})"

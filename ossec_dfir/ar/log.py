@@ -43,6 +43,21 @@ def format_outcome(fields: dict[str, object]) -> str:
     return line.replace("\n", " ").replace("\r", " ")[:MAX_LINE_CHARS]
 
 
+def failed_fields(command: str, srcip: object, reason: str) -> dict[str, object]:
+    """Return the fields of a failed outcome line with no incident or step to name.
+
+    Every field the shipped decoder reads is there (``-`` when unknown), so the
+    manager raises the failed alert (rule 100903) for it too.
+    """
+    return {"outcome": "failed", "command": command, "srcip": srcip or "-", "incident": "-",
+            "steps": "-", "manifest_sha256": "-", "reason": reason}
+
+
+def outcome_to(log_file: str, fields: dict[str, object]) -> bool:
+    """Write an outcome line where no config could be loaded (no redelivery bookkeeping)."""
+    return _append(log_file, format_outcome(fields))
+
+
 def outcome(config: Config, fields: dict[str, object], store: Store | None = None) -> bool:
     """Write an outcome line to config.log_file, kept for redelivery while no
     logcollector of the install reads the log; return True when it reached the log."""

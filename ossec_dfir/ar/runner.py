@@ -26,6 +26,7 @@ from ..collectors.base import (DELETE_STOP, HAND_STOP, SHUTDOWN_STOP, Context, R
 from ..config import Config, Profile, Step
 from ..errors import DfirError, ReserveReached, Skipped, StoreError
 from .request import Request
+from .slots import SLOTS_DIR, CaptureSlot
 from ..evidence.store import Incident, Store, utc_now
 
 GRACE_S = 10.0
@@ -337,13 +338,12 @@ class Runner:
             self._skip(step, "already running for this incident; trigger recorded only",
                        duplicate=True)
             return None
+        capture_slot = None
         if cls.stops_on_delete:
-            slot = self.store.try_slot("capture-slots", self.config.max_captures)
-            if slot is None:
-                os.close(held[0])
-                self._skip(step, f"max_captures={self.config.max_captures} continuous "
-                                 "collections already run on this host")
-                return None
+            # Every slot taken: the capture child waits for one (slots.py), and idle
+            # captures (no packet after yield_after_s) yield theirs to it.
+            slot = self.store.try_slot(SLOTS_DIR, self.config.max_captures)
+            capture_slot = CaptureSlot(self.store, self.config.max_captures, slot)
             held.append(slot)
         started = utc_now()
         run_dir = self.incident.new_run_dir(step.collector)
@@ -354,14 +354,15 @@ class Runner:
             for fd in self.child_close_fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self._child(cls, step, run_dir, write_fd, stop_check)
+            self._child(cls, step, run_dir, write_fd, stop_check, capture_slot)
         os.close(write_fd)
         grace_s = max(GRACE_S, step.params.timeout_s * 0.1)
         return _Running(step, pid, read_fd, started,
                         time.monotonic() + step.params.timeout_s + grace_s, run_dir,
                         tuple(fd for fd in held if fd is not None))
 
-    def _child(self, cls: Any, step: Step, run_dir: str, write_fd: int, stop_check: Any) -> None:
+    def _child(self, cls: Any, step: Step, run_dir: str, write_fd: int, stop_check: Any,
+               capture_slot: CaptureSlot | None = None) -> None:
         code = 0
         try:
             os.setpgid(0, 0)
@@ -370,6 +371,7 @@ class Runner:
                           collector=step.collector, run_dir=run_dir, params=step.params,
                           deadline=time.monotonic() + step.params.timeout_s,
                           stop_check=stop_check)
+            ctx.capture_slot = capture_slot
 
             def on_term(signum: int, frame: Any) -> None:
                 ctx.terminated = True

@@ -6,12 +6,20 @@ without waiting, starts a worker that inherits the lock and runs detached
 (new session, stdio on /dev/null, no inherited descriptors). A worker takes
 jobs until the queue is empty, so an alert storm never runs more than
 ``max_workers`` collections at once and never loses a trigger.
+
+First come is not first served: a worker takes the oldest job of the alert
+rule with the fewest queued jobs (the rule id is in the job's name). A flood
+of decoy alerts through one rule (forged log lines naming IPs that send
+nothing) queues behind every quieter rule, so it cannot push a trigger of
+another rule past ``queue_max_age_s``; a job that still waits longer is
+recorded as skipped with the reason and a failed outcome line.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,9 +45,25 @@ def open_store(config: Config, create: bool = True) -> Store:
                  grouping_window_s=config.grouping_window_s, create=create)
 
 
+_RULE_GROUP = re.compile(r"[0-9]{1,12}")
+
+
+def job_group(name: str) -> str:
+    """Return the fairness group (the alert's rule id, or "-") of a queued job's name."""
+    stem = name[:-len(".json")] if name.endswith(".json") else name
+    _, sep, group = stem.rpartition("-r")
+    return group if sep and _RULE_GROUP.fullmatch(group) else "-"
+
+
 def enqueue(store: Store, job: dict[str, Any]) -> str:
-    """Write a job atomically into .state/queue/ and return its name."""
-    name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}.json"
+    """Write a job atomically into .state/queue/ and return its name.
+
+    The name sorts by time and ends with the alert's rule id (``-r<digits>``,
+    ``-r-`` for none), which ``claim_job`` groups by without reading the jobs.
+    """
+    rule = str((job.get("request") or {}).get("rule_id") or "")
+    group = rule if _RULE_GROUP.fullmatch(rule) else "-"
+    name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}-r{group}.json"
     dfd = store.state_dir_fd("queue")
     try:
         tmp = "." + name
@@ -64,13 +88,29 @@ def queued_jobs(store: Store) -> list[str]:
         os.close(dfd)
 
 
+def fair_order(names: list[str]) -> list[str]:
+    """Return queued job names in the order workers take them.
+
+    Jobs are grouped by rule id; the group with the fewest queued jobs goes
+    first (ties: the group whose oldest job is oldest), oldest job first
+    within a group, then the next group's. A quiet rule's trigger waits for
+    for the jobs of rules with at most as many queued, never for a flood. Each
+    claim orders afresh, so the groups take turns as they shrink.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names):
+        groups.setdefault(job_group(name), []).append(name)
+    ordered = sorted(groups.values(), key=lambda jobs: (len(jobs), jobs[0]))
+    return [name for jobs in ordered for name in jobs]
+
+
 def claim_job(store: Store) -> tuple[str, dict[str, Any]] | None:
-    """Take the oldest queued job (atomic rename into .state/claimed/<our pid>.<name>)."""
+    """Take the next queued job in fair order (atomic rename into .state/claimed/<pid>.<name>)."""
     qfd = store.state_dir_fd("queue")
     cfd = store.state_dir_fd("claimed")
     try:
-        for queued in sorted(n for n in os.listdir(qfd)
-                             if n.endswith(".json") and not n.startswith(".")):
+        for queued in fair_order([n for n in os.listdir(qfd)
+                                  if n.endswith(".json") and not n.startswith(".")]):
             name = f"{os.getpid()}.{queued}"
             try:
                 os.rename(queued, name, src_dir_fd=qfd, dst_dir_fd=cfd)
@@ -221,10 +261,19 @@ def main(argv: list[str]) -> int:
     args = dict(zip(argv[::2], argv[1::2]))
     slot = {"fd": int(args["--slot-fd"])}
     ossec_dir = args["--ossec-dir"]
+    # When the worker cannot start, the queued jobs wait for one that can; the
+    # manager hears of it now (a failed outcome line, rule 100903).
     try:
         config = load(args["--config"] or None, ossec_dir)
+    except ConfigError as err:
+        arlog.outcome_to(os.path.join(ossec_dir, "logs", "active-responses.log"),
+                         arlog.failed_fields("-", None, f"worker cannot start: {err}"))
+        return 3
+    try:
         store = open_store(config)
-    except (ConfigError, StoreError):
+    except StoreError as err:
+        arlog.outcome_to(config.log_file,
+                         arlog.failed_fields("-", None, f"worker cannot start: {err}"))
         return 3
     code = _drain(config, store, slot, args["--config"], ossec_dir)
     if slot["fd"] is not None:  # never linger in a slot
@@ -272,12 +321,9 @@ def _drain(config: Config, store: Store, slot: dict[str, int | None], config_pat
                     handoff)
         except (DfirError, KeyError, ValueError, OSError) as err:
             record = job.get("request") if isinstance(job.get("request"), dict) else {}
-            # Same field order as log_outcome, so the shipped decoder reads it (rule 100903).
-            arlog.outcome(config, {"outcome": "failed", "command": record.get("command") or "-",
-                                   "srcip": record.get("srcip") or "-",
-                                   "incident": job.get("incident") or "-", "steps": "-",
-                                   "manifest_sha256": "-",
-                                   "reason": f"{type(err).__name__}: {err}"}, store)
+            fields = arlog.failed_fields(str(record.get("command") or "-"), record.get("srcip"),
+                                         f"{type(err).__name__}: {err}")
+            arlog.outcome(config, {**fields, "incident": job.get("incident") or "-"}, store)
         finally:
             done_job(store, name)
         if slot["fd"] is None:

@@ -232,6 +232,9 @@ class Context:
         self.terminated = False
         self.notes: list[str] = []
         self.files: list[str] = []
+        # A continuous collector's capture slot (ar/slots.py: held, or waited for with
+        # wait(stop); claim_waiter() and release() to yield it), set by the runner.
+        self.capture_slot: Any = None
 
     # -- time and stopping --------------------------------------------------
     def time_left(self) -> float:

@@ -36,61 +36,110 @@ def connections_with(srcip: Any) -> list[Any]:
 
 
 def suspect_pids(srcip: Any) -> list[int]:
-    """Return the pids (sorted, unique) with a connection to or from srcip."""
-    return sorted({c.pid for c in connections_with(srcip) if c.pid})
+    """Return the pids (sorted, unique) with a connection to or from srcip.
+
+    Empty when the srcip policy refuses srcip (``srcip_problem``); a caller that
+    must say why uses ``live_suspects``.
+    """
+    return live_suspects(srcip)[0]
+
+
+def live_suspects(srcip: Any, use: str = "suspects") -> tuple[list[int], str | None]:
+    """Return (pids with a connection to or from srcip, None), or ([], why srcip is refused)."""
+    why = srcip_problem(srcip, use)
+    if why is not None:
+        return [], why
+    return sorted({c.pid for c in connections_with(srcip) if c.pid}), None
 
 
 def is_local_address(srcip: Any) -> bool:
-    """Return True when srcip is an address of this host (or loopback)."""
-    import psutil
-
-    target = _norm(str(srcip))
-    if target is None:
-        return False
-    if target.is_loopback:
-        return True
-    for addrs in psutil.net_if_addrs().values():
-        for addr in addrs:
-            if _norm(addr.address or "") == target:
-                return True
-    return False
+    """Return True when srcip is held by an interface of this host (127.0.0.1, ::1, ...)."""
+    return host_interface_of(srcip) is not None
 
 
-# -- suspects in a snapshot (the triage collector) --------------------------
-def srcip_problem(srcip: Any) -> str | None:
-    """Return why suspects cannot be derived for srcip (absent, unspecified, ours), or None.
+# -- the srcip policy: one rule for every collector that acts on the srcip ---
+# What a refusal costs, per use (the end of the reason recorded in the outcome).
+CONSEQUENCES = {
+    "suspects": "no suspects derived",
+    "memory": "no process dumped as a suspect",
+    "yara": "no process scanned as a suspect",
+    "capture": "not captured (a filter on it would record this host's own traffic)",
+}
 
-    "Ours" means assigned to an interface of this host (127.0.0.1 and ::1 are,
-    127.0.0.2 is not): every local socket would match such an address.
+
+def srcip_problem(srcip: Any, use: str = "suspects") -> str | None:
+    """Return why nothing may be derived from srcip (absent, unspecified, ours), or None.
+
+    The one srcip policy of every collector. "Ours" means assigned to an
+    interface of this host (127.0.0.1 and ::1 are; 127.0.0.2, routed to lo
+    but held by no interface, is not): every local socket would match such an
+    address, so its "suspects" would be every process talking on it (secrets
+    included) and a capture of it the host's own traffic. ``use`` picks the
+    consequence named at the end of the reason (see CONSEQUENCES).
     """
+    then = CONSEQUENCES.get(use, CONSEQUENCES["suspects"])
     if srcip is None:
-        return "the trigger has no srcip: no suspects derived"
+        return f"the trigger has no srcip: {then}"
     target = _norm(str(srcip))
     if target is None:
-        return f"srcip {srcip!r} is not an IP address: no suspects derived"
+        return f"srcip {srcip!r} is not an IP address: {then}"
     if target.is_unspecified:
-        return f"srcip {target} is the unspecified address: no suspects derived"
+        return f"srcip {target} is the unspecified address: {then}"
     owner = host_interface_of(target)
     if owner is not None:
         return (f"srcip {target} is an address of this host (interface {owner}): every "
-                "local connection would match, so no suspects derived")
+                f"local connection would match, so {then}")
     return None
 
 
 def host_interface_of(srcip: Any) -> str | None:
     """Return the interface holding srcip on this host, or None."""
-    import psutil
-
     target = _norm(str(srcip))
     if target is None:
         return None
-    for name, addrs in sorted(psutil.net_if_addrs().items()):
-        for addr in addrs:
-            if _norm(addr.address or "") == target:
-                return name
+    for name, address in _interface_addresses():
+        if _norm(address) == target:
+            return name
     return None
 
 
+def _interface_addresses() -> list[tuple[str, str]]:
+    """Return (interface, address) pairs: psutil's, or /proc's where psutil is missing.
+
+    The capture (which needs no psutil otherwise) asks too. Without psutil,
+    IPv6 comes from /proc/net/if_inet6 and IPv4 from the kernel's local
+    routes in /proc/net/fib_trie (``/32 host LOCAL``: no interface name there).
+    """
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return [(name, addr.address or "") for name, addrs in sorted(psutil.net_if_addrs().items())
+                for addr in addrs]
+    out: list[tuple[str, str]] = []
+    try:
+        with open("/proc/net/if_inet6", "rb") as fh:
+            for line in fh.read(1 << 20).decode("ascii", "replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 6 and len(fields[0]) == 32:
+                    out.append((fields[5], ":".join(fields[0][i:i + 4] for i in range(0, 32, 4))))
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/fib_trie", "rb") as fh:
+            lines = fh.read(16 << 20).decode("ascii", "replace").splitlines()
+    except OSError:
+        lines = []
+    for before, line in zip(lines, lines[1:]):
+        if line.strip() == "/32 host LOCAL" and "|-- " in before:
+            pair = ("unknown (from /proc/net/fib_trie)", before.split("|-- ", 1)[1].strip())
+            if pair not in out:
+                out.append(pair)
+    return out
+
+
+# -- suspects in a snapshot (the triage collector) --------------------------
 def matching_connections(connections: list[dict[str, Any]], srcip: Any) -> list[dict[str, Any]]:
     """Return the connection records (local_ip/remote_ip keys) to or from srcip."""
     target = _norm(str(srcip))

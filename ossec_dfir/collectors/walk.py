@@ -18,33 +18,33 @@ Usage::
 
 Consumers add their own skip reasons (``walk.skip("too_large", path)``) so one
 summary accounts for every file the walk saw.
+
+Budgets are spent where evidence is likeliest, and first come is not first
+served: ``first_dirs`` (the alert's file's directory: its files, not its
+subdirectories) come before the roots, in the order given (their priority),
+and with ``max_files`` each of these sources has a share of it (and of
+``time_budget_s``) in a first round. Only after every source had its turn do
+the sources cut short resume, in the same order, on what the others left.
+200,000 empty files planted in the first root therefore cost that root its
+share, not the web root its turn. ``summary()["sources"]`` records each
+source's files, share and how its turn ended; a consumer with a per-source
+budget of its own (the files collector's matches) ends a turn with
+``end_turn()``.
 """
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import stat
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-# Where mount information is read from (tests may point it elsewhere).
-MOUNTINFO = "/proc/self/mountinfo"
+from .walkfs import (MOUNTINFO, SKIP_FSTYPE_PREFIXES, SKIP_FSTYPES, expand_roots,  # noqa: F401
+                     is_skipped_fstype, mount_fstypes, open_regular)
+
 # Opened files are reached again through here (a name for an fd, no path lookup).
 PROC_SELF_FD = "/proc/self/fd"
-
-# Filesystems never entered: kernel pseudo filesystems and network or FUSE
-# filesystems (slow, remote, or able to hang a reader). tmpfs is scanned: /tmp
-# and /dev/shm are tmpfs on many hosts and are where intruders drop files.
-SKIP_FSTYPES: tuple[str, ...] = (
-    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
-    "securityfs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs",
-    "binfmt_misc", "efivarfs", "nsfs", "rpc_pipefs", "selinuxfs", "ramfs",
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "9p", "afs", "ceph", "glusterfs",
-    "lustre", "gpfs", "ocfs2", "gfs2", "davfs", "sshfs", "fuse", "fuseblk",
-)
-# Any fstype starting with one of these is skipped as well (fuse.sshfs, ...).
-SKIP_FSTYPE_PREFIXES: tuple[str, ...] = ("fuse.",)
 
 # Skip reasons used by the walk itself (consumers add their own).
 SYMLINK = "symlink"
@@ -56,6 +56,7 @@ VANISHED = "vanished"
 ROOT_MISSING = "root_missing"
 CHANGED = "changed_during_walk"
 HARDLINK = "hard_link_seen"
+SEEN = "already_walked"
 DEPTH = "max_depth"
 EXCLUDED = "excluded"
 ERROR = "error"
@@ -63,76 +64,6 @@ ERROR = "error"
 MAX_EXAMPLES = 5
 _STOP_CHECK_EVERY = 64
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-_GLOB_CHARS = frozenset("*?[")
-
-
-def mount_fstypes(mountinfo: str | None = None) -> dict[int, str]:
-    """Return a map of device number (st_dev) to filesystem type from mountinfo."""
-    out: dict[int, str] = {}
-    try:
-        with open(mountinfo or MOUNTINFO, "rb") as fh:
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split()
-        try:
-            sep = fields.index("-")
-            major, minor = fields[2].split(":")
-            out[os.makedev(int(major), int(minor))] = fields[sep + 1]
-        except (ValueError, IndexError):
-            continue
-    return out
-
-
-def is_skipped_fstype(fstype: str | None, skip_fstypes: Iterable[str] = SKIP_FSTYPES) -> bool:
-    """Return True when a filesystem type must not be entered."""
-    if not fstype:
-        return False
-    return fstype in skip_fstypes or fstype.startswith(SKIP_FSTYPE_PREFIXES)
-
-
-def expand_roots(patterns: Iterable[str]) -> list[str]:
-    """Expand configured root patterns (``/etc/cron*``) into sorted absolute paths.
-
-    Only configuration goes through here, never alert text: a pattern without
-    glob characters is kept as it is (even when it does not exist, so the walk
-    can count it as vanished).
-    """
-    out: list[str] = []
-    for pattern in patterns:
-        if not os.path.isabs(pattern):
-            continue
-        if _GLOB_CHARS & set(pattern):
-            out.extend(sorted(glob.glob(pattern)))
-        else:
-            out.append(os.path.normpath(pattern))
-    seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
-
-
-def open_regular(path: str, expected: os.stat_result | None = None) -> int:
-    """Open a regular file for reading without following a link or blocking.
-
-    Refuses (OSError) anything that is not a regular file once opened, and a
-    file whose device and inode differ from ``expected`` (replaced since the
-    walk saw it). ``O_NOATIME`` is used when allowed, to leave atime untouched.
-    """
-    try:
-        fd = os.open(path, _FILE_FLAGS | os.O_NOATIME)
-    except PermissionError:
-        fd = os.open(path, _FILE_FLAGS)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        if expected is not None and (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
-            raise OSError(errno.ESTALE, "replaced since it was listed", path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class Walk:
@@ -142,8 +73,13 @@ class Walk:
                  skip_fstypes: Iterable[str] = SKIP_FSTYPES, max_files: int = 0,
                  max_depth: int = 64, should_stop: Callable[[], str | None] | None = None,
                  exclude: Iterable[str] = (), include_special: bool = False,
-                 mountinfo: str | None = None) -> None:
+                 mountinfo: str | None = None, first_dirs: Iterable[str] = (),
+                 time_budget_s: Callable[[], float] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.roots = [os.path.normpath(r) for r in roots]
+        self.first_dirs = [os.path.normpath(d) for d in first_dirs]
+        self.time_budget_s = time_budget_s
+        self.clock = clock
         self.one_filesystem = one_filesystem
         self.skip_fstypes = frozenset(skip_fstypes)
         self.max_files = max_files
@@ -160,6 +96,21 @@ class Walk:
         self._seen_files: set[tuple[int, int]] = set()
         self._seen_dirs: set[tuple[int, int]] = set()
         self._since_check = 0
+        # Excluded directories and files by inode too: a link cannot lead around them.
+        self._excluded_keys: set[tuple[int, int]] = set()
+        for path in self.exclude:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self._excluded_keys.add((st.st_dev, st.st_ino))
+        # The directories listed alone (first_dirs), and the files yielded from them.
+        self._shallow_dirs: set[tuple[int, int]] = set()
+        self._shallow_files: set[tuple[int, int]] = set()
+        self.sources: list[dict[str, object]] = []
+        self.current: int | None = None  # index into sources of the source walked now
+        self.first_round = True
+        self._turn_end: str | None = None
 
     # -- accounting ----------------------------------------------------------
     def skip(self, reason: str, path: str) -> None:
@@ -174,7 +125,21 @@ class Walk:
         return {"yielded": self.yielded, "directories": self.dirs,
                 "skipped": dict(sorted(self.skipped.items())),
                 "skipped_examples": {k: v for k, v in sorted(self.examples.items())},
-                "stopped": self.stopped}
+                "stopped": self.stopped, "sources": [dict(s) for s in self.sources]}
+
+    def share(self, total: int, index: int | None = None) -> int:
+        """Return source index's (default: the current one's) first-round share of total."""
+        index = self.current if index is None else index
+        n = len(self.sources)
+        if not total or not n or index is None:
+            return total
+        base, extra = divmod(total, n)
+        return max(1, base + (1 if index < extra else 0))
+
+    def end_turn(self, reason: str) -> None:
+        """End the current source's first-round turn (a consumer's own share ran out)."""
+        if self.first_round and self._turn_end is None:
+            self._turn_end = reason
 
     def fstype(self, st_dev: int) -> str | None:
         """Return the filesystem type of a device number (None when unknown)."""
@@ -182,46 +147,92 @@ class Walk:
 
     # -- walking -------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[str, os.stat_result]]:
-        stack: list[tuple[str, os.stat_result, int, int]] = []
-        for root in reversed(self.roots):
-            item = self._root(root)
-            if item is None:
-                continue
-            if stat.S_ISDIR(item.st_mode):
-                stack.append((root, item, item.st_dev, 0))
+        found: list[tuple[str, os.stat_result, bool]] = []
+        for path in self.first_dirs:
+            st = self._root(path)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                found.append((path, st, True))
+                self._shallow_dirs.add((st.st_dev, st.st_ino))
+        for root in self.roots:
+            st = self._root(root)
+            if st is not None:
+                found.append((root, st, False))
+        self.sources = [{"root": p, "alone": shallow, "files": 0, "turn": None}
+                        for p, _, shallow in found]
+        walks = [self._source(i, p, st, shallow) for i, (p, st, shallow) in enumerate(found)]
+        budget_s = self.time_budget_s() if self.time_budget_s is not None else 0.0
+        done: set[int] = set()
+        # First round: each source up to its share of files and of time.
+        for i, source in enumerate(walks):
+            self.current, self._turn_end = i, None
+            share = self.share(self.max_files, i) if self.max_files else 0
+            self.sources[i]["share"] = share
+            until = self.clock() + budget_s / len(walks) if budget_s > 0 else None
+            for item in source:
+                yield item
+                if self.stopped or self._limit_reached():
+                    return
+                if share and int(self.sources[i]["files"]) >= share:  # type: ignore[call-overload]
+                    self._turn_end = f"share of max_files={self.max_files} used ({share})"
+                if until is not None and self.clock() >= until:
+                    self._turn_end = self._turn_end or (
+                        f"share of the time budget used ({budget_s / len(walks):.1f} s)")
+                if self._turn_end:
+                    self.sources[i]["turn"] = self._turn_end
+                    break
             else:
-                # A root that is a regular file is yielded in root order: push it as
-                # a pseudo entry handled below.
-                stack.append((root, item, item.st_dev, -1))
+                if self.stopped:
+                    return
+                done.add(i)
+                self.sources[i]["turn"] = "walked to the end"
+        # Then the sources cut short, in priority order, on what the others left.
+        self.first_round = False
+        for i, source in enumerate(walks):
+            if i in done:
+                continue
+            self.current = i
+            self.sources[i]["resumed"] = True
+            for item in source:
+                yield item
+                if self.stopped or self._limit_reached():
+                    return
+            if self.stopped:
+                return
+            self.sources[i]["turn"] += "; walked to the end after the others"  # type: ignore[operator]
+        self.current = None
+
+    def _source(self, index: int, root: str, root_st: os.stat_result,
+                shallow: bool) -> Iterator[tuple[str, os.stat_result]]:
+        """Yield the files of one source: a root file, a directory tree, or one directory alone."""
+        if not stat.S_ISDIR(root_st.st_mode):
+            if self._take_file(root, root_st):
+                self.sources[index]["files"] += 1  # type: ignore[operator]
+                yield root, root_st
+            return
+        stack: list[tuple[str, os.stat_result, int]] = [(root, root_st, 0)]
         while stack:
             if self._stop_now():
                 return
-            path, st, root_dev, depth = stack.pop()
-            if depth < 0:
-                if self._take_file(path, st):
-                    yield path, st
-                    if self._limit_reached():
-                        return
-                continue
-            entries = self._list(path, st)
+            path, st, depth = stack.pop()
+            entries = self._list(path, st, mark=not shallow)
             if entries is None:
                 continue
-            subdirs: list[tuple[str, os.stat_result, int, int]] = []
+            in_shallow = (st.st_dev, st.st_ino) in self._shallow_dirs
+            subdirs: list[tuple[str, os.stat_result, int]] = []
             for name, est in entries:
                 child = path.rstrip("/") + "/" + name
                 if self._stop_now():
                     return
                 mode = est.st_mode
                 if stat.S_ISREG(mode):
-                    if self._excluded(child):
+                    if self._excluded(child, est):
                         continue
-                    if self._take_file(child, est):
+                    if self._take_file(child, est, in_shallow):
+                        self.sources[index]["files"] += 1  # type: ignore[operator]
                         yield child, est
-                        if self._limit_reached():
-                            return
                 elif stat.S_ISDIR(mode):
-                    if self._enter_ok(child, est, root_dev, depth + 1):
-                        subdirs.append((child, est, root_dev, depth + 1))
+                    if not shallow and self._enter_ok(child, est, root_st.st_dev, depth + 1):
+                        subdirs.append((child, est, depth + 1))
                 elif stat.S_ISLNK(mode):
                     self.skip(SYMLINK, child)
                     if self.include_special:
@@ -250,15 +261,23 @@ class Walk:
             return True
         return False
 
-    def _excluded(self, path: str) -> bool:
+    def _excluded(self, path: str, st: os.stat_result | None = None) -> bool:
+        if st is not None and (st.st_dev, st.st_ino) in self._excluded_keys:
+            self.skip(EXCLUDED, path)
+            return True
         for prefix in self.exclude:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 self.skip(EXCLUDED, path)
                 return True
         return False
 
-    def _take_file(self, path: str, st: os.stat_result) -> bool:
+    def _take_file(self, path: str, st: os.stat_result, in_shallow: bool = False) -> bool:
         key = (st.st_dev, st.st_ino)
+        if in_shallow:  # a first_dirs directory, met again below a root: each file once
+            if key in self._shallow_files:
+                self.skip(SEEN, path)
+                return False
+            self._shallow_files.add(key)
         if st.st_nlink > 1:
             if key in self._seen_files:
                 self.skip(HARDLINK, path)
@@ -320,13 +339,22 @@ class Walk:
             return False
         return True
 
-    def _list(self, path: str, st: os.stat_result) -> list[tuple[str, os.stat_result]] | None:
-        """Return the sorted (name, lstat) entries of a directory, or None (counted)."""
+    def _list(self, path: str, st: os.stat_result,
+              mark: bool = True) -> list[tuple[str, os.stat_result]] | None:
+        """Return the sorted (name, lstat) entries of a directory, or None (counted).
+
+        mark=False lists a first_dirs directory without claiming it, so that
+        the root it lies in still walks it (and its subdirectories) later.
+        """
         key = (st.st_dev, st.st_ino)
+        if key in self._excluded_keys:
+            self.skip(EXCLUDED, path)
+            return None
         if key in self._seen_dirs:  # a bind mount seen twice
             self.skip(HARDLINK, path)
             return None
-        self._seen_dirs.add(key)
+        if mark:
+            self._seen_dirs.add(key)
         try:
             fd = os.open(path, _DIR_FLAGS)
         except OSError as err:

@@ -227,8 +227,10 @@ def test_bad_config_exit_2_and_logged(tree):
     tree.conf.write_text(tree.conf.read_text() + "max_workers: lots\nprofiles: {x: {}}\n")
     res = run_ossec([tree.script(), "add", "-", "192.0.2.1", "-", "-"])
     assert res.returncode == 2
-    [line] = tree.log_lines()
+    [line] = tree.invocation_lines()
     assert "max_workers" in line and "profiles.x" in line
+    [outcome] = [x for x in tree.log_lines() if x.startswith("ossec-dfir: ")]
+    assert outcome.startswith("ossec-dfir: outcome=failed command=dfir-host srcip=- incident=-")
 
 
 def test_unsafe_evidence_root_exit_3(tree):
@@ -236,8 +238,10 @@ def test_unsafe_evidence_root_exit_3(tree):
     os.chmod(tree.evidence, 0o777)
     res = run_ossec([tree.script(), "add", "-", "192.0.2.1", "-", "-"])
     assert res.returncode == 3
-    [line] = tree.log_lines()
+    [line] = tree.invocation_lines()
     assert "evidence store" in line and "writable by group or others" in line
+    [outcome] = [x for x in tree.log_lines() if x.startswith("ossec-dfir: ")]
+    assert outcome.startswith("ossec-dfir: outcome=failed command=dfir-host srcip=192.0.2.1 ")
 
 
 def test_repeated_alerts_join_one_incident(tree):
@@ -251,8 +255,8 @@ def test_repeated_alerts_join_one_incident(tree):
     assert verify(str(tree.evidence / incident)).ok
 
 
-def test_an_internal_error_still_leaves_one_line_and_no_traceback(tmp_path, config_file,
-                                                                   monkeypatch):
+def test_an_internal_error_leaves_its_line_a_failed_outcome_and_no_traceback(
+        tmp_path, config_file, monkeypatch):
     from ossec_dfir.ar import entry
 
     def broken(*args, **kwargs):
@@ -262,5 +266,7 @@ def test_an_internal_error_still_leaves_one_line_and_no_traceback(tmp_path, conf
     code = entry.main("dfir-host", ["/x/active-response/bin/dfir-host", "add", "-",
                                     "192.0.2.90", "-", "-"])
     assert code == 4
-    [line] = (tmp_path / "ar.log").read_text().splitlines()
+    line, outcome = (tmp_path / "ar.log").read_text().splitlines()
     assert "internal error RuntimeError: simulated bug" in line
+    assert outcome.startswith("ossec-dfir: outcome=failed command=dfir-host ")
+    assert "internal error RuntimeError: simulated bug" in outcome

@@ -33,6 +33,23 @@ def test_srcip_problem_says_why_not_instead_of_guessing():
     # 127.0.0.9 is routed to lo but assigned to no interface: usable (tests rely on it).
     assert suspects.srcip_problem(ipaddress.ip_address("127.0.0.9")) is None
     assert suspects.is_local_address("127.0.0.1")
+    assert not suspects.is_local_address("127.0.0.9")
+    # one policy, each use naming what the refusal costs
+    capture = suspects.srcip_problem("::ffff:127.0.0.1", "capture")
+    assert capture.endswith("not captured (a filter on it would record this host's own traffic)")
+    assert suspects.live_suspects("127.0.0.1", "memory") == (
+        [], suspects.srcip_problem("127.0.0.1", "memory"))
+    assert suspects.suspect_pids("::1") == []
+
+
+def test_the_policy_holds_without_psutil(monkeypatch):
+    """The capture needs no psutil: the host's addresses then come from /proc."""
+    import sys
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil raises ImportError
+    assert suspects.host_interface_of("::1") == "lo"
+    assert suspects.host_interface_of("127.0.0.1") in ("lo", "unknown (from /proc/net/fib_trie)")
+    assert suspects.host_interface_of("127.0.0.9") is None
+    assert "not captured" in suspects.srcip_problem("127.0.0.1", "capture")
 
 
 def test_matching_connections_normalises_v4_mapped_and_scoped_addresses():

@@ -32,10 +32,11 @@ from ...evidence.text import json_line
 from . import search as fs
 from .regex import BoundedRegex
 
+# In priority order, like yara's (each root has a share of the walk's budgets first).
 DEFAULT_ROOTS = (
-    "/tmp", "/var/tmp", "/dev/shm", "/home", "/root", "/etc/cron*", "/var/spool/cron",
-    "/var/www", "/usr/local/bin", "/usr/local/sbin", "/etc/systemd/system",
-    "/usr/lib/systemd/system", "/run/systemd/system")
+    "/etc/cron*", "/var/spool/cron", "/etc/systemd/system", "/run/systemd/system",
+    "/usr/lib/systemd/system", "/usr/local/bin", "/usr/local/sbin", "/var/www", "/dev/shm",
+    "/tmp", "/var/tmp", "/root", "/home")
 ACTIONS = ("list", "hash", "copy")
 OVERSIZED_POLICIES = ("skip", "head")
 
@@ -47,6 +48,7 @@ class FilesParams(Params):
     timeout_s: float = 300.0
     roots: tuple[str, ...] = DEFAULT_ROOTS
     include_alert_file: bool = True
+    include_alert_dir: bool = True     # the alert's file's directory (its files) before the roots
     path_globs: tuple[str, ...] = ()
     name_regex: str = ""
     min_size_bytes: int = 0
@@ -178,9 +180,15 @@ class _Search:
             uids=frozenset(u for u in uids if u is not None) if params.owners else None,
             permissions=params.permissions)
         self.roots = expand_roots(params.roots)
+        filename = ctx.request.filename if params.include_alert_dir else None
+        # The alert's directory first (its files), then the roots in their order, each
+        # with a share of max_walk_files, of max_files (matches) and of the time (walk.py).
         self.walk = Walk(self.roots, one_filesystem=params.one_filesystem,
                          max_files=params.max_walk_files, max_depth=params.max_depth,
-                         should_stop=ctx.should_stop, exclude=[ctx.incident.store.root])
+                         should_stop=ctx.should_stop, exclude=[ctx.incident.store.root],
+                         time_budget_s=ctx.time_left,
+                         first_dirs=[os.path.realpath(os.path.dirname(filename))]
+                         if filename else [])
         self.rejected: Counter[str] = Counter()
         self.matched = 0
         self.copied_files = 0
@@ -189,6 +197,7 @@ class _Search:
         self.halted: str | None = None
         self.degraded: list[str] = []
         self.alert_key: tuple[int, int] | None = None
+        self.charged: dict[int, list[int]] = {}  # walk source -> [matches, copied bytes]
 
     # -- driving --------------------------------------------------------------
     def run(self) -> None:
@@ -343,6 +352,8 @@ class _Search:
             record["copy_status"] = f"partial: {self.copy_stopped}"
         if copied is not None:
             self.copied_bytes += copied.bytes_read
+            if record.get("source") == "search":
+                self._charge(copied_bytes=copied.bytes_read)
             record["copied_bytes"] = copied.bytes_read
             if copied.stopped:
                 self.halted = copied.stopped
@@ -372,6 +383,28 @@ class _Search:
     def _emit(self, record: dict[str, Any]) -> None:
         self.out.write(json_line(record))
         self.matched += 1
+        if record.get("source") == "search":
+            self._charge(matches=1)
+
+    def _charge(self, matches: int = 0, copied_bytes: int = 0) -> None:
+        """Count a walked source's matches and copied bytes against its first-round shares.
+
+        Decoys matching the conditions in the first root end that root's turn
+        at its share of max_files or max_copy_bytes; the later roots keep theirs.
+        """
+        walk = self.walk
+        if not walk.first_round or walk.current is None:
+            return
+        used = self.charged.setdefault(walk.current, [0, 0])
+        used[0] += matches
+        used[1] += copied_bytes
+        params = self.params
+        if params.max_files and used[0] >= walk.share(params.max_files):
+            walk.end_turn(f"share of max_files={params.max_files} matches used "
+                          f"({walk.share(params.max_files)})")
+        elif params.max_copy_bytes and used[1] >= walk.share(params.max_copy_bytes):
+            walk.end_turn(f"share of max_copy_bytes={params.max_copy_bytes} used "
+                          f"({walk.share(params.max_copy_bytes)})")
 
     # -- result ---------------------------------------------------------------
     def result(self) -> Result:

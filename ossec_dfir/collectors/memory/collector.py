@@ -98,6 +98,9 @@ class MemoryCollector(Collector):
             host_image(ctx, params, result)
         if params.process_dumps:
             process_dumps(ctx, params, result)
+        refused = result.summary.get("suspects_status")
+        if refused:  # the srcip policy said no: the step's reason says why
+            result.reason = f"{result.reason}; {refused}" if result.reason else refused
         return result
 
 
@@ -293,11 +296,22 @@ def _ancestors() -> set[int]:
     return pids
 
 
-def find_targets(ctx: Context, params: MemoryParams) -> dict[int, list[str]]:
-    """Return the pids to dump, each with why (suspect, pid, name), in that priority."""
+def find_targets(ctx: Context, params: MemoryParams,
+                 result: Result | None = None) -> dict[int, list[str]]:
+    """Return the pids to dump, each with why (suspect, pid, name), in that priority.
+
+    Suspects follow the srcip policy (``suspects.srcip_problem``): for an
+    address of this host none is derived, and the reason goes into the
+    result (``suspects_status`` and the step's reason).
+    """
     targets: dict[int, list[str]] = {}
     if params.suspects and ctx.request.srcip is not None:
-        for pid in suspects.suspect_pids(ctx.request.srcip):
+        pids, refused = suspects.live_suspects(ctx.request.srcip, "memory")
+        if refused is not None:
+            ctx.note(refused)
+            if result is not None:
+                result.summary["suspects_status"] = refused
+        for pid in pids:
             targets.setdefault(pid, []).append(f"connection with {ctx.request.srcip}")
     for pid in params.pids:
         targets.setdefault(int(pid), []).append("pids parameter")
@@ -323,7 +337,7 @@ def incident_core_bytes(ctx: Context) -> int:
 
 def process_dumps(ctx: Context, params: MemoryParams, result: Result) -> None:
     """Dump each target process (core, maps, exe) within the per-process, run and incident caps."""
-    targets = find_targets(ctx, params)
+    targets = find_targets(ctx, params, result)
     if len(targets) > params.max_processes:
         result.degrade(f"max_processes={params.max_processes} reached "
                        f"({len(targets)} candidate processes)")

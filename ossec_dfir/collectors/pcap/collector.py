@@ -25,6 +25,7 @@ from ..base import (BINARY_DIRS, DELETE_STOP, HAND_STOP, SHUTDOWN_STOP, Collecto
 from ...evidence.store import utc_now
 
 BACKENDS = ("auto", "tcpdump", "native")
+OWN_ADDRESS = ("skip", "capture")
 INTERFACE_RE = re.compile(r"^(any|[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14})$")
 SYSFS_NET = "/sys/class/net"
 MAX_SNAPLEN = 262144
@@ -50,12 +51,21 @@ class PcapParams(Params):
     buffer_bytes: int = 32 << 20      # kernel capture buffer (tcpdump -B / ring size)
     summary: bool = True              # write summary.json with scapy
     summary_max_packets: int = 200_000  # packets the summary reads at most (0: all)
+    # An srcip held by an interface of this host (127.0.0.1, ::1, the host's own
+    # address): "skip" (the srcip policy) or "capture" (knowingly record the
+    # host's own traffic on that address, secrets on loopback included).
+    own_address: str = "skip"
+    # With every capture slot taken and another trigger waiting for one, a capture
+    # that has written no packet this long yields its slot (0: never).
+    yield_after_s: float = 60.0
 
     def validate(self) -> list[str]:
         """Return the problems of these parameters."""
         problems = []
         if not INTERFACE_RE.match(self.interface):
             problems.append(f"interface: {self.interface!r} is not an interface name")
+        if self.own_address not in OWN_ADDRESS:
+            problems.append(f"own_address: must be one of {', '.join(OWN_ADDRESS)}")
         if self.backend not in BACKENDS:
             problems.append(f"backend: must be one of {', '.join(BACKENDS)}")
         after = SUMMARY_RESERVE_S if self.summary else DRAIN_RESERVE_S
@@ -102,6 +112,11 @@ class PcapCollector(Collector):
         assert isinstance(params, PcapParams)
         if ctx.request.srcip is None:
             return "no srcip in the alert: the capture filter is built only from it"
+        if params.own_address == "skip":
+            from ..suspects import srcip_problem
+            refused = srcip_problem(ctx.request.srcip, "capture")
+            if refused:
+                return refused
         if params.interface != "any" and not os.path.isdir(
                 os.path.join(SYSFS_NET, params.interface)):
             return f"interface {params.interface} does not exist on this host"
@@ -120,17 +135,35 @@ class PcapCollector(Collector):
             from ...errors import Skipped
             raise Skipped(why_not or "no capture backend")
         started_at = time.monotonic()
+        slot = ctx.capture_slot
+        live: dict[str, Any] = {"sink": None, "since": started_at}
 
         def stop() -> str | None:
             reason = ctx.should_stop()
-            if reason is None and time.monotonic() - started_at >= params.duration_s:
+            now = time.monotonic()
+            if reason is None and now - started_at >= params.duration_s:
                 reason = f"duration_s={params.duration_s:g} reached"
+            if reason is None and live["sink"] is not None and _idle_yield(
+                    slot, live["sink"].packets, now - live["since"], params.yield_after_s):
+                reason = (f"yielded its capture slot to a waiting trigger: no packet to or "
+                          f"from {ip} in {now - live['since']:.0f} s "
+                          f"(yield_after_s={params.yield_after_s:g})")
             return reason
+
+        if slot is not None and not slot.held:
+            why = slot.wait(stop)
+            if why:
+                from ...errors import Skipped
+                raise Skipped(f"max_captures={ctx.config.max_captures}: every capture slot "
+                              f"stayed busy for {slot.waited_s:.0f} s, until {why}")
+            ctx.note(f"waited {slot.waited_s:.1f} s for a capture slot")
+            live["since"] = time.monotonic()
 
         meta = {"filter": f"host {ip}", "backend": backend, "interface": params.interface}
         started = utc_now()
         with ctx.writer("capture.pcap", meta=meta) as writer:
             sink = PcapSink(writer, params.max_bytes, params.max_packets)
+            live["sink"] = sink
             if backend == "tcpdump":
                 tcpdump = ctx.binary("tcpdump") or ""
                 argv = _pcap_tcpdump.build_argv(tcpdump, ip, params.interface,
@@ -189,6 +222,16 @@ class PcapCollector(Collector):
         if doc.get("truncated"):
             ctx.note(f"summary truncated: {doc['truncated']}")
         result.summary["flows"] = len(doc["flows"])
+
+
+def _idle_yield(slot: Any, packets: int, elapsed_s: float, yield_after_s: float) -> bool:
+    """Return True (the slot released) when an idle capture yields to a waiting trigger."""
+    if slot is None or not slot.held or packets or not yield_after_s or elapsed_s < yield_after_s:
+        return False
+    if slot.claim_waiter() is None:
+        return False
+    slot.release()
+    return True
 
 
 def _choose_backend(ctx: Context, params: PcapParams) -> tuple[str | None, str | None]:

@@ -397,6 +397,10 @@ def _system(snap: Snapshot) -> None:
 
 def _finish(snap: Snapshot, timings: dict[str, float], started: float, write: bool) -> Result:
     result = snap.result
+    if snap.ctx.request.srcip is not None and not result.summary.get("suspects"):
+        refused = suspects.srcip_problem(snap.ctx.request.srcip)
+        if refused:  # the srcip policy said no: the step's reason says why
+            result.reason = f"{result.reason}; {refused}" if result.reason else refused
     taint = snap.system.get("kernel_taint") or {}
     summary = {"collected": utc_iso(time.time()), "uid": os.geteuid(),
                "srcip": str(snap.ctx.request.srcip) if snap.ctx.request.srcip else None,

@@ -31,11 +31,14 @@ from ..base import Collector, Context, Params, Result, register
 from ...errors import LimitReached
 from .. import walk as _walk
 
+# In priority order (each root gets its share of max_files and of the time first;
+# see walk.py): small root-owned persistence places, the web roots, the
+# world-writable drop zones, then the home directories (largest, user-owned).
 DEFAULT_ROOTS: tuple[str, ...] = (
-    "/tmp", "/var/tmp", "/dev/shm", "/home", "/root", "/etc/cron*", "/var/spool/cron",
-    "/var/www", "/srv", "/usr/local/bin", "/usr/local/sbin", "/etc/systemd/system",
-    "/usr/lib/systemd/system", "/run/systemd/system", "/etc/init.d", "/etc/rc.local",
-    "/etc/ld.so.preload", "/etc/profile.d",
+    "/etc/ld.so.preload", "/etc/rc.local", "/etc/cron*", "/var/spool/cron",
+    "/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/etc/init.d",
+    "/etc/profile.d", "/usr/local/bin", "/usr/local/sbin", "/var/www", "/srv", "/dev/shm",
+    "/tmp", "/var/tmp", "/root", "/home",
 )
 OVERSIZE_POLICIES = ("skip", "truncate")
 PROCESS_SCOPES = ("all", "suspects")
@@ -51,6 +54,7 @@ class YaraParams(Params):
     roots: tuple[str, ...] = DEFAULT_ROOTS
     exclude: tuple[str, ...] = ()
     scan_alert_file: bool = True
+    scan_alert_dir: bool = True        # the alert's file's directory (its files) before the roots
     scan_files: bool = True
     scan_processes: bool = True
     process_scope: str = "all"
@@ -199,6 +203,12 @@ def _open_skip_reason(err: OSError) -> str:
     return _walk._reason(err)
 
 
+def _hard_stop(walk: _walk.Walk) -> str | None:
+    """Return why the scan must stop now (timeout, signal), not the walk's max_files limit."""
+    stopped = walk.stopped
+    return stopped if stopped and not stopped.startswith("max_files=") else None
+
+
 def _write_line(writer: Any, budget: dict[str, int], record: dict[str, Any]) -> None:
     """Write one match line, counting against max_matches."""
     if budget["left"] <= 0:
@@ -251,13 +261,14 @@ class _FileScan:
                     submit()
                 while len(window) >= threads * _BATCHES_IN_FLIGHT:
                     self._handle_batch(walk, *window.popleft())
-            if batch and not walk.stopped:
+            # The walk's own max_files limit ends the walk, not the scan of what it yielded.
+            if batch and not _hard_stop(walk):
                 submit()
             for path, _, _ in batch:
                 walk.skip(_STOPPED, path)
             while window:
                 items_done, future = window.popleft()
-                if walk.stopped and future.cancel():
+                if _hard_stop(walk) and future.cancel():
                     for path, _, _ in items_done:
                         walk.skip(_STOPPED, path)
                 else:
@@ -313,6 +324,7 @@ class _FileScan:
                 "scanned_bytes": self.scanned_bytes, "truncated": self.truncated,
                 "skipped": counts["skipped"], "skipped_examples": counts["skipped_examples"],
                 "directories": counts["directories"], "stopped": counts["stopped"],
+                "sources": counts["sources"],
                 "seconds": round(seconds, 3),
                 "mib_per_s": round(self.scanned_bytes / (1 << 20) / seconds, 1) if seconds else None}
 
@@ -364,9 +376,14 @@ class YaraCollector(Collector):
         result = Result(summary={"rules": {"files": len(loaded.files), "cache": loaded.cache}})
         budget = {"left": params.max_matches, "dropped": 0}
         alert_file = ctx.request.filename if params.scan_alert_file else None
+        # The alert's directory first (its files), then the roots in their order,
+        # each with a share of max_files and of the time left (walk.py).
         walk = _walk.Walk(_walk.expand_roots(params.roots) if params.scan_files else [],
                           one_filesystem=params.one_filesystem, max_files=params.max_files,
-                          should_stop=ctx.should_stop,
+                          should_stop=ctx.should_stop, time_budget_s=ctx.time_left,
+                          first_dirs=[os.path.realpath(os.path.dirname(ctx.request.filename))]
+                          if ctx.request.filename and params.scan_alert_dir
+                          and params.scan_files else [],
                           # never the evidence, nor our own signatures (they match themselves)
                           exclude=(ctx.incident.store.root, *dirs, *params.exclude))
         files = _FileScan(ctx, loaded.rules, params, None, budget)
@@ -404,6 +421,10 @@ class YaraCollector(Collector):
             result.degrade(str(LimitReached("max_files", params.max_files, self.name)))
         if budget["dropped"]:
             result.degrade(str(LimitReached("max_matches", params.max_matches, self.name)))
+        if procs is not None and procs.suspects_status and ctx.request.srcip is not None:
+            # the srcip policy said no (an address of this host): the reason says why
+            refused = procs.suspects_status
+            result.reason = f"{result.reason}; {refused}" if result.reason else refused
         return result
 
     @staticmethod

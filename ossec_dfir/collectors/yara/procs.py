@@ -42,6 +42,7 @@ class ProcScan:
     seconds: float = 0.0
     mappings_not_read: int = 0
     not_read_examples: list[dict[str, Any]] = field(default_factory=list)
+    suspects_status: str | None = None  # why no suspect was derived (the srcip policy)
 
     def skip(self, reason: str, pid: int) -> None:
         """Count one process skipped for reason."""
@@ -57,7 +58,8 @@ class ProcScan:
                 "skipped_examples": dict(sorted(self.examples.items())),
                 "stopped": self.stopped, "seconds": round(self.seconds, 3),
                 "mappings_not_read": self.mappings_not_read,
-                "mappings_not_read_examples": self.not_read_examples}
+                "mappings_not_read_examples": self.not_read_examples,
+                **({"suspects_status": self.suspects_status} if self.suspects_status else {})}
 
 
 def own_lineage(pid: int | None = None) -> set[int]:
@@ -130,8 +132,8 @@ def select_pids(scope: str, srcip: Any, scan: ProcScan) -> list[int]:
     """Return the pids to scan ("all", or "suspects" of srcip), excluding our lineage."""
     import psutil
     if scope == "suspects":
-        from ..suspects import suspect_pids
-        candidates = suspect_pids(srcip) if srcip is not None else []
+        from ..suspects import live_suspects
+        candidates, scan.suspects_status = live_suspects(srcip, "yara")
     else:
         candidates = sorted(psutil.pids())
     ours = own_lineage()

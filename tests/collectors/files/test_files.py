@@ -242,17 +242,18 @@ def test_alert_file_comes_first_once_and_pseudo_files_are_refused(run_collector,
     assert outcome.summary["walk"]["skipped"]["alert_file_again"] == 1
     (tree / "linked").symlink_to(alert_file.parent)
     outcome, incident = run_collector(
-        "files", {"roots": [], "action": "hash"},
+        "files", {"roots": [], "action": "hash", "include_alert_dir": False},
         request=alert_request(filename=str(tree / "linked" / "dropper.sh")))
     (rec,) = results(incident, outcome)
     assert rec["path"] == str(alert_file) and rec["alert_path"] == str(tree / "linked/dropper.sh")
     (tree / "link-file").symlink_to(alert_file)
     outcome, incident = run_collector(
-        "files", {"roots": []}, request=alert_request(filename=str(tree / "link-file")))
+        "files", {"roots": [], "include_alert_dir": False},
+        request=alert_request(filename=str(tree / "link-file")))
     assert results(incident, outcome) == []
     assert outcome.summary["walk"]["skipped"] == {"alert_file_symlink": 1}
     outcome, incident = run_collector(
-        "files", {"roots": [], "action": "copy"},
+        "files", {"roots": [], "action": "copy", "include_alert_dir": False},
         request=alert_request(filename="/proc/self/environ"))
     assert results(incident, outcome) == []
     assert outcome.summary["walk"]["skipped"] == {"alert_file_on_pseudo_or_network_fs": 1}

@@ -202,7 +202,9 @@ def test_ipv4_capture_holds_exactly_the_srcip_traffic(run_collector, evidence_ro
 def test_ipv6_capture_holds_exactly_the_srcip_traffic(run_collector, evidence_root, backend):
     outcome, incident, traffic = _capture(
         run_collector, evidence_root, "::1",
-        {"backend": backend, "interface": "lo", "duration_s": 30, "timeout_s": 60})
+        # ::1 is held by lo (the srcip policy skips it): captured here by choice
+        {"backend": backend, "interface": "lo", "duration_s": 30, "timeout_s": 60,
+         "own_address": "capture"})
     assert outcome.outcome == "complete", outcome.reason
     _assert_exact(evidence_path(incident, "pcap/01/capture.pcap"), traffic)
 
@@ -276,6 +278,15 @@ def test_manual_stop_ends_the_capture(run_collector, evidence_root):
     outcome = result["r"][0]
     assert outcome.outcome == "complete"
     assert outcome.summary["stop_reason"] == "stopped by hand (ossec-dfir stop)"
+
+
+@pytest.mark.parametrize("own", ["127.0.0.1", "::1"])
+def test_an_address_of_this_host_is_not_captured(run_collector, own):
+    """The srcip policy: a filter on 127.0.0.1 or ::1 would record the host's own traffic."""
+    outcome, _ = run_collector("pcap", {"interface": "lo", "duration_s": 5}, srcip=own)
+    assert outcome.outcome == "skipped"
+    assert "address of this host (interface lo)" in outcome.reason
+    assert "not captured" in outcome.reason
 
 
 def test_without_srcip_the_collector_is_skipped(run_collector):

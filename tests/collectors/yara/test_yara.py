@@ -394,4 +394,7 @@ def test_alert_file_on_a_pseudo_filesystem_is_never_read(run_collector, rules_di
     assert outcome.outcome == "complete", outcome.reason
     files = summary_of(incident, outcome)["files"]
     assert files["scanned"] == 0
-    assert files["skipped"] == {"pseudo_or_network_fs": 1}
+    # the file and its directory (walked first, alone): neither entered
+    assert files["skipped"] == {"pseudo_or_network_fs": 2}
+    first, second = files["skipped_examples"]["pseudo_or_network_fs"]
+    assert first == "/proc/self/environ" and second.startswith("/proc/")  # the collector's pid
