@@ -414,7 +414,9 @@ class OssecTree:
         return json.loads(res.stdout)
 
     def incidents(self) -> list[dict]:
-        """Return ``ossec-dfir incidents --json`` of this tree."""
+        """Return ``ossec-dfir incidents --json`` of this tree ([] before the first incident)."""
+        if not self.evidence.exists():
+            return []
         res = self.dfir("incidents", "--json")
         assert res.returncode == 0, res.stdout + res.stderr
         return json.loads(res.stdout)

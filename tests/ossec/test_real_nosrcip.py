@@ -18,6 +18,26 @@ from tests.ossec.conftest import (OUTCOME_RULES, SYSLOG_HEAD, OssecTree, append_
 WEBSHELL = b"<?php eval($_POST['c']); ?>\n"
 
 
+def _outcome_of(tree: OssecTree, key: str, alert_id: str):
+    """Return (incident, trigger, outcome alert) of the run the alert alert_id started, or None."""
+    for row in tree.incidents():
+        if not row["id"].endswith("_" + key):
+            continue
+        doc = tree.show(row["id"])
+        trig = next((t for t in doc["triggers"]
+                     if t["action"] == "add" and t["alert_id"] == alert_id), None)
+        if trig is None:
+            continue
+        for line in (tree.evidence / row["id"] / "manifest.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("type") == "outcome" and entry.get("trigger") == trig["trigger_id"]:
+                digest = hashlib.sha256((line + "\n").encode()).hexdigest()
+                found = tree.alerts(OUTCOME_RULES, f"manifest_sha256={digest} ")
+                if found:
+                    return row["id"], trig, found[0]
+    return None
+
+
 def test_syscheck_change_runs_yara_on_that_exact_file_first(ossec_local: OssecTree,
                                                            site) -> None:
     """Issue 11 test 3: the escaped, space-split filename is rebuilt and scanned first."""
@@ -48,23 +68,33 @@ def test_syscheck_change_runs_yara_on_that_exact_file_first(ossec_local: OssecTr
 
     target.write_bytes(WEBSHELL)
     alert = tree.wait_alert(("550", "554"), str(target), timeout_s=60)
-    outcome = tree.wait_alert(OUTCOME_RULES, "command=dfir-yara-file ", timeout_s=120)
-    assert outcome.rule_id == "100901", outcome.text
-    incident = re.search(r"incident=(\S+)", outcome.log).group(1)
+    # The incident is keyed by that file. OSSEC may also report the files of
+    # its first scan as added (554), so other runs, even one for this file's
+    # first content, can exist: the outcome alert is tied to this alert's
+    # trigger through the manifest entry its manifest_sha256 names.
     key = "file-" + hashlib.sha256(str(target).encode()).hexdigest()[:16]
-    assert incident.endswith("_" + key), incident
+    incident, trig, outcome = wait_for(
+        "the outcome alert of the run this alert started",
+        lambda: _outcome_of(tree, key, alert.alert_id), 120, interval_s=1,
+        detail=tree.diagnostics)
+    assert "command=dfir-yara-file " in outcome.log, outcome.text
+    assert outcome.rule_id == "100901", outcome.text
+    assert trig["filename"] == str(target)
+    assert trig["rule_id"] == alert.rule_id and trig["srcip"] is None
 
     tree.stop()
     tree.end_dfir_processes()
     doc = tree.show(incident)
-    [trig] = [t for t in doc["triggers"] if t["action"] == "add"]
-    assert trig["filename"] == str(target)
-    assert trig["rule_id"] == alert.rule_id and trig["alert_id"] == alert.alert_id
-    assert trig["srcip"] is None
-    matches = [json.loads(line) for line in
-               (tree.evidence / incident / "yara" / "01" / "matches.jsonl").read_text()
-               .splitlines()]
-    assert matches, "no YARA match recorded"
+    [yara] = [c for c in doc["collectors"]
+              if c["collector"] == "yara" and c["trigger"] == trig["trigger_id"]]
+    runs = sorted((tree.evidence / incident / "yara").iterdir())
+    matches = None
+    for run in runs:  # the run of this trigger: the one that scanned the alert's file
+        lines = [json.loads(x) for x in (run / "matches.jsonl").read_text().splitlines()]
+        if any(m["origin"] == "alert" for m in lines):
+            assert matches is None, "two runs scanned an alert file"
+            matches = lines
+    assert yara["outcome"] == "complete" and matches, (yara, runs)
     assert (matches[0]["origin"], matches[0]["path"]) == ("alert", str(target))
     assert [m["path"] for m in matches if m["path"] == str(target)] == [str(target)], \
         "the alert's file was scanned again by the walk"
