@@ -2,7 +2,9 @@
 
 The lines are produced by the code's own writers (the worker's outcome line
 for each outcome, with and without srcip, with hostile reasons; the line of a
-job that failed before it ran) into a scratch log, then fed to the install's
+job that failed before it ran; the failed lines of the AR entry and the
+worker that name no incident; each again as redelivered after a logcollector
+restart; the note of dropped lines) into a scratch log, then fed to the install's
 own ``ossec-logtest`` with the decoder and rules that ``install --manager``
 put there. Each must raise its outcome rule (100901 complete, 100902 partial,
 100903 failed) with an alert; invocation lines, whatever their arguments,
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 
 from ossec_dfir import config as config_mod
-from ossec_dfir.ar import log as arlog, worker
+from ossec_dfir.ar import delivery, log as arlog, worker
 from ossec_dfir.ar.request import Request, parse_ip
 from ossec_dfir.ar.runner import StepOutcome
 from tests.ossec.conftest import OssecTree
@@ -61,10 +63,21 @@ def _outcome_lines(config: config_mod.Config) -> list[tuple[str, str]]:
     assert worker.main(["--slot-fd", str(slot), "--config", config.source,
                         "--ossec-dir", config.ossec_dir]) == 0
     expected.append("failed")
+    # The failures of the AR entry and the worker that name no incident.
+    for srcip in ("203.0.113.14", "2001:db8::14", None):
+        for reason in ("bad config: /var/ossec/etc/ossec-dfir.yml:3: unknown key 'x'",
+                       "evidence store: cannot open evidence root (No such file or "
+                       "directory): /var/ossec/dfir", "internal error ValueError: 'x\"y'",
+                       "worker cannot start: config \"x\" refused"):
+            arlog.outcome_to(config.log_file, arlog.failed_fields(
+                "dfir-pcap", parse_ip(srcip) if srcip else None, reason))
+            expected.append("failed")
     lines = [x for x in Path(config.log_file).read_text().splitlines()
              if x.startswith("ossec-dfir: ")]
     assert len(lines) == len(expected), lines
-    return list(zip(expected, lines))
+    # Lines kept while logcollector was down come again, marked as redelivered.
+    pairs = list(zip(expected, lines))
+    return pairs + [(o, line + delivery.REDELIVERED) for o, line in pairs]
 
 
 def test_every_outcome_line_raises_its_rule(ossec_local: OssecTree, tmp_path: Path) -> None:
@@ -78,6 +91,16 @@ def test_every_outcome_line_raises_its_rule(ossec_local: OssecTree, tmp_path: Pa
              if (res["rule"], res["alert"]) != (RULE[outcome], "yes")]
     assert not wrong, "\n".join(f"{o}: {res['decoder']!r} rule {res['rule']!r} alert "
                                 f"{res['alert']}\n  {line}" for o, line, res in wrong)
+
+
+def test_the_note_of_dropped_outcome_lines_raises_an_alert(ossec_local: OssecTree) -> None:
+    """Outcome lines lost to the pending bounds are announced to the manager with an alert."""
+    tree = ossec_local
+    tree.install_dfir(manager=True, edit=False)
+    line = delivery.dropped_note(12)
+    [res] = tree.logtest([line])
+    assert res["decoder"] == "ossec-dfir" and res["alert"] == "yes", (line, res)
+    assert res["rule"].startswith("1009") and int(res["level"] or 0) > 0, (line, res)
 
 
 def test_invocation_lines_raise_no_outcome_alert(ossec_local: OssecTree, tmp_path: Path) -> None:
