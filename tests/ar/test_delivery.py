@@ -26,7 +26,7 @@ from ossec_dfir.collectors.pcap.collector import _judge
 from ossec_dfir.evidence.store import Store
 from ossec_dfir.procfs import pid_alive
 from tests.ar.test_entry import Tree
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 FAKE = ("import os, select, sys\n"
         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
@@ -113,14 +113,6 @@ def outcome_fields(n: int = 0) -> dict[str, object]:
 def lines_of(log: Path) -> list[str]:
     return log.read_text().splitlines()
 
-
-def wait_for(predicate, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # -- detecting the logcollector ------------------------------------------------
