@@ -62,7 +62,8 @@ class PruneResult:
         kept = [d for d in self.incidents if d.action == "keep" and "younger" not in d.reason]
         errors = [d for d in self.incidents if d.action == "error"]
         verb = "would delete" if self.dry_run else "deleted"
-        return (f"prune: {verb} {len(done)} incidents ({sum(d.bytes for d in done)} bytes), "
+        size = "" if self.dry_run else f" ({sum(d.bytes for d in done)} bytes)"
+        return (f"prune: {verb} {len(done)} incidents{size}, "
                 f"kept {len(kept)} old ones (not released or in use), {len(errors)} errors; "
                 f"state: {len(self.state)} files, {self.reaped} orphaned jobs recorded failed, "
                 f"{self.expired_lines} pending outcome lines expired")
