@@ -207,38 +207,38 @@ def prune(config: Config, store: Store, max_age_days: float, state_age_days: flo
                          f"grouping_window_s ({config.grouping_window_s:g} s): a new trigger "
                          "could still join an incident being deleted", "days")
     result = PruneResult(dry_run)
+    log_fd = None if dry_run else retention.open_prune_log(store)
+    try:
+        if log_fd is not None:
+            result.incidents += retention.finish_interrupted(store)
+            _log(log_fd, result.incidents)
+        busy = busy_incidents(store)
+        for incident_id in store.incident_ids():
+            decision = retention.decide(store, incident_id, max_age_days, busy)
+            if decision.action == "delete" and log_fd is not None:
+                decision = retention.delete_incident(store, decision,
+                                                     lambda: busy_incidents(store))
+                _log(log_fd, [decision])
+            result.incidents.append(decision)
+        trim_state(config, store, state_age_days * retention.DAY_S, dry_run, result, reap)
+        if log_fd is not None and (result.state or result.expired_lines or result.reaped):
+            retention.log_line(log_fd, {
+                "action": "state", "removed": result.state[:1000],
+                "removed_count": len(result.state), "reaped_jobs": result.reaped,
+                "expired_pending_lines": result.expired_lines})
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
     if not dry_run:
-        result.incidents += retention.finish_interrupted(store)
-    busy = busy_incidents(store)
-    for incident_id in store.incident_ids():
-        decision = retention.decide(store, incident_id, max_age_days, busy)
-        if decision.action == "delete" and not dry_run:
-            decision = retention.delete_incident(store, decision, lambda: busy_incidents(store))
-        result.incidents.append(decision)
-    trim_state(config, store, state_age_days * retention.DAY_S, dry_run, result, reap)
-    if not dry_run:
-        retention.log_decisions(store, result.incidents)
-        if result.state or result.expired_lines:
-            _log_state(store, result)
         arlog.invocation(config.log_file, "ossec-dfir", "prune", result.summary() +
                          f"; see {retention.prune_log_path(store)}")
     return result
 
 
-def _log_state(store: Store, result: PruneResult) -> None:
-    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "action": "state", "removed": result.state[:1000],
-                       "removed_count": len(result.state), "reaped_jobs": result.reaped,
-                       "expired_pending_lines": result.expired_lines}, sort_keys=True)
-    dfd = store.state_dir_fd()
-    try:
-        fd = fs.open_append_at(dfd, retention.PRUNE_LOG)
-        try:
-            fs.write_all(fd, (line + "\n").encode("ascii", "backslashreplace"))
-        finally:
-            os.close(fd)
-    finally:
-        os.close(dfd)
+def _log(fd: int, decisions: list[retention.Decision]) -> None:
+    for d in decisions:
+        if d.action in ("deleted", "error"):
+            retention.log_line(fd, d.to_dict())
 
 
 def after_job(config: Config, store: Store, reap: Reap) -> PruneResult | None:

@@ -17,7 +17,8 @@ Deletion renames the directory out of the incident namespace first
 it entry by entry below directory descriptors: a symbolic link is unlinked, never
 followed; another filesystem mounted inside is not entered (the incident stays
 half-removed, which the next prune finishes); nothing outside the evidence root
-is ever named. Every deletion is a line of ``.state/prune.log`` (JSON).
+is ever named. Every deletion is a line of ``.state/prune.log`` (JSON), opened
+before anything is deleted.
 """
 from __future__ import annotations
 
@@ -385,23 +386,23 @@ def remove_tree(parent_fd: int, name: str, depth: int = 0) -> Removed:
 
 
 # -- the record ---------------------------------------------------------------
-def log_decisions(store: Store, decisions: list[Decision], extra: dict[str, Any] | None = None
-                  ) -> None:
-    """Append what was deleted (and failed) to ``.state/prune.log``, one JSON line each."""
-    lines = [json.dumps({"time": utc_now(), **d.to_dict(), **(extra or {})}, sort_keys=True)
-             for d in decisions if d.action in ("deleted", "error")]
-    if not lines:
-        return
+def open_prune_log(store: Store) -> int:
+    """Open ``.state/prune.log`` for appending (never through a link); the caller closes it.
+
+    Opened before anything is deleted: a log that cannot be written stops the prune.
+    """
     dfd = store.state_dir_fd()
     try:
-        fd = fs.open_append_at(dfd, PRUNE_LOG)
-        try:
-            fs.write_all(fd, "".join(x + "\n" for x in lines).encode("ascii", "backslashreplace"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        return fs.open_append_at(dfd, PRUNE_LOG)
     finally:
         os.close(dfd)
+
+
+def log_line(fd: int, doc: dict[str, Any]) -> None:
+    """Append one JSON line (with the time) to the open prune log, fsynced."""
+    line = json.dumps({"time": utc_now(), **doc}, sort_keys=True) + "\n"
+    fs.write_all(fd, line.encode("ascii", "backslashreplace"))
+    os.fsync(fd)
 
 
 def prune_log_path(store: Store) -> str:

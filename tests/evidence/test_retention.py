@@ -242,3 +242,29 @@ def test_retention_block_is_validated(tmp_path, bad):
     path.write_text(f"retention: {bad}\n")
     with pytest.raises(ConfigError, match="retention"):
         load(str(path), str(tmp_path))
+
+
+def test_a_link_at_the_prune_log_stops_the_prune_before_any_deletion(config_file, store,
+                                                                      tmp_path, capsys):
+    incident_id = make_incident(store, "203.0.113.90")
+    export(config_file, incident_id, tmp_path / "p.tar.gz", capsys)
+    age(store, incident_id)
+    target = tmp_path / "elsewhere.log"
+    target.write_text("")
+    os.symlink(target, retention.prune_log_path(store))
+    assert main(["--config", str(config_file), "prune"]) == 3  # the store is unusable
+    assert (Path(store.root) / incident_id / "manifest.jsonl").is_file()
+    assert target.read_text() == ""
+
+
+def test_a_link_as_the_export_record_does_not_release(config_file, store, tmp_path, capsys):
+    incident_id = make_incident(store, "203.0.113.91")
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({"incident": incident_id, "manifest_tip":
+                                  retention.manifest_tip(store, incident_id)}))
+    dfd = store.state_dir_fd(retention.EXPORTED_DIR)
+    os.symlink(forged, incident_id + ".json", dir_fd=dfd)
+    os.close(dfd)
+    _, result = run_prune(config_file, capsys)
+    assert actions(result) == {incident_id: "keep"}
+    assert (Path(store.root) / incident_id).is_dir()
