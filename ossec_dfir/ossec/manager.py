@@ -1,4 +1,4 @@
-"""The manager side: the decoder and rules that turn outcome lines into alerts 100901-100903.
+"""The manager side: the decoder and rules that turn outcome lines into alerts 100901-100907.
 
 The XML ships inside the package (``ossec_dfir/ossec/xml/``); ``etc/ossec.conf.d/``
 holds the same text. install merges it between markers into the files the
@@ -18,11 +18,15 @@ XML_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xml")
 DECODER_XML, RULES_XML = "local_decoder.xml", "local_rules.xml"
 XML_FILES = (DECODER_XML, RULES_XML)
 DECODER_NAMES = ("ossec-dfir", "ossec-dfir-outcome")
-RULE_IDS = ("100900", "100901", "100902", "100903")
+RULE_IDS = tuple(str(n) for n in range(100900, 100908))
 # rule id -> (level, outcome) of the outcome alerts the check must see fire.
-OUTCOME_RULES = {"100901": (3, "complete"), "100902": (7, "partial"), "100903": (10, "failed")}
+OUTCOME_RULES = {"100901": (3, "complete"), "100902": (7, "partial"), "100903": (10, "failed"),
+                 "100904": (10, "dropped")}
+# rule id -> (level, rule id of the single alert) of the storm rules (10 outcomes of one
+# command within 600 s raise one of these).
+STORM_RULES = {"100905": (5, "100901"), "100906": (9, "100902"), "100907": (12, "100903")}
 _WHAT = {DECODER_XML: "decoder of the outcome lines",
-         RULES_XML: "rules 100900-100903 (outcome alerts)"}
+         RULES_XML: "rules 100900-100907 (outcome alerts)"}
 
 
 def packaged_xml(name: str) -> str:
