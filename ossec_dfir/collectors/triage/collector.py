@@ -171,6 +171,7 @@ class Snapshot:
         self.processes: dict[int, dict[str, Any]] = {}  # short summaries (suspects' trees)
         self.hash_queue = HashQueue()
         self.suspect_pids: set[int] = set()
+        self.memory: dict[str, Any] = {}  # peak resident memory of the readers
         self.system: dict[str, Any] = {}
         self.stopped: str | None = None
 
@@ -300,7 +301,8 @@ def _processes(snap: Snapshot) -> None:
     pids = psutil.pids()
     read = 0
     records = read_processes(reader, pids,
-                             lambda: snap.check_stop(_TAIL_RESERVE_S) is not None)
+                             lambda: snap.check_stop(_TAIL_RESERVE_S) is not None,
+                             snap.memory)
     try:
         for pid, rec, fd_records in records:
             read += 1
@@ -507,6 +509,7 @@ def _finish(snap: Snapshot, timings: dict[str, float], started: float, write: bo
                "suspects": result.summary.get("suspects", []),
                "suspects_status": result.summary.get("suspects_status"),
                "hash_budget": snap.system.get("hash_budget"),
+               "memory": {"vm_hwm_kb": _procs.vm_hwm_kb(), **snap.memory},
                "kernel_tainted": taint.get("tainted"),
                "outcome": result.outcome, "reason": result.reason}
     if write:

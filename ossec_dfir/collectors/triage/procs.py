@@ -225,8 +225,8 @@ _FRAME = struct.Struct("=Q")
 _Item = tuple[int, dict[str, Any], list[dict[str, Any]]]
 
 
-def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bool]
-                   ) -> Iterator[_Item]:
+def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bool],
+                   stats: dict[str, Any] | None = None) -> Iterator[_Item]:
     """Yield (pid, record, fd records) for every pid, in pid order, one at a time.
 
     With more than one CPU and many processes, a forked helper reads every
@@ -237,7 +237,8 @@ def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bo
     each side (at most ``max_fds_per_process`` descriptors), whatever the
     host holds, and the helper waits on the pipe when it runs ahead. If the
     helper fails or stops, whatever it did not send is read here. ``stop()``
-    is polled every chunk on both sides.
+    is polled every chunk on both sides. When the helper ran to the end, its
+    peak resident memory (kB) is put in ``stats["helper_vm_hwm_kb"]``.
     """
     if len(pids) < PARALLEL_MIN_PROCESSES or (os.cpu_count() or 1) < 2:
         yield from _read_serial(reader, pids, stop)
@@ -261,6 +262,9 @@ def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bo
                     view = memoryview(_FRAME.pack(len(data)) + data)
                     while view:
                         view = view[os.write(write_fd, view):]
+            else:  # every chunk sent: the last frame is the helper's peak memory
+                data = pickle.dumps((-1, {"vm_hwm_kb": vm_hwm_kb()}, []))
+                os.write(write_fd, _FRAME.pack(len(data)) + data)
             code = 0
         finally:
             os._exit(code)
@@ -282,10 +286,25 @@ def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bo
                     yield from _read_serial(reader, chunk[n:], lambda: False)
                     break
                 yield item
+        last = _receive(read_fd) if helper_alive else None
+        if last is not None and last[0] == -1 and stats is not None:
+            stats["helper_vm_hwm_kb"] = last[1].get("vm_hwm_kb")
     finally:
         os.close(read_fd)
         os.kill(helper, signal.SIGKILL)  # done, or the caller stopped early
         os.waitpid(helper, 0)
+
+
+def vm_hwm_kb(pid: int | str = "self") -> int | None:
+    """Return the peak resident memory (VmHWM, kB) of a process, or None."""
+    try:
+        status = procfs.read_bytes(procfs.path(pid, "status"), 1 << 16)
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(b"VmHWM:"):
+            return int(line.split()[1])
+    return None
 
 
 def _receive(fd: int) -> _Item | None:
