@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 from tests.conftest import evidence_path
 from tests.hostile.unprivileged import drop_to_nobody, public_dir
