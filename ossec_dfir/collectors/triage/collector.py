@@ -317,11 +317,11 @@ def _processes(snap: Snapshot) -> None:
                 if len(holders) < _NETNS_PIDS:
                     holders.append(pid)
             snap.processes[pid] = _summary(rec)
-            snap.hash_queue.add(rec)
-            rec.pop("exe_key", None)
+            exe_key = rec.pop("exe_key", None)  # for the hash phase, not the record
             if not procs_out.add(rec):
                 cut = f"{procs_out.cap} reached"
                 break
+            snap.hash_queue.add(rec, exe_key)
             for fd_rec in fd_records:
                 if fd_rec.get("kind") in ("deleted", "memfd"):
                     deleted_open += 1

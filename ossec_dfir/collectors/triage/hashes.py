@@ -69,12 +69,15 @@ class HashQueue:
         self.held = 0
         self.users: dict[tuple[int, ...], int] = {}  # processes per executable
 
-    def add(self, rec: dict[str, Any]) -> None:
-        """Queue the executable of one listed process (kernel threads and exited ones not)."""
+    def add(self, rec: dict[str, Any], exe_key: list[int] | None) -> None:
+        """Queue the executable of one listed process (kernel threads and exited ones not).
+
+        exe_key is the identity the walk read (procs.py ``exe_key``), or None.
+        """
         if rec.get("kernel_thread") or rec.get("vanished") or rec.get("zombie") \
                 or "stat" in (rec.get("denied") or ()):
             return
-        key = tuple(rec["exe_key"]) if rec.get("exe_key") else None
+        key = tuple(exe_key) if exe_key else None
         flag = ("deleted" if rec.get("exe_deleted") else "memfd" if rec.get("exe_memfd")
                 else "temp" if rec.get("exe_in_temp") else "other")
         cand = Candidate(rec["pid"], rec.get("exe"), key, flag)
