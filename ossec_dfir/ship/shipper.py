@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DfirError, ShipError
+from ..errors import ShipError
 from ..evidence import fs
 from ..evidence.store import INCIDENT_JSON, MANIFEST, SUMS, TRIGGERS, Incident, Store
 from . import receipts as rc
@@ -154,8 +154,8 @@ def ship_pass(store: Store, incident_id: str, targets: list[Target],
                                            "key": receipt["key"],
                                            "object_sha256": receipt["object_sha256"]}
                     rc.write_state(sdfd, incident.id, state)
-            except (DfirError, OSError) as err:
-                result.errors[target.name] = str(err)
+            except Exception as err:  # noqa: BLE001 - any client failure: back off, never fail
+                result.errors[target.name] = str(err) or type(err).__name__
                 bad = clients.pop(target.name, None)
                 if bad is not None:
                     bad.close()

@@ -105,3 +105,18 @@ def s3_credentials(tmp_path: Path) -> Path:
         fh.write(f"[default]\naws_access_key_id = {ACCESS_KEY}\n"
                  f"aws_secret_access_key = {SECRET_KEY}\n")
     return path
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):
+    """Start a real sshd on a loopback port (chrooted sftp); stop it by pid afterwards."""
+    from .sshd import Sshd
+
+    work = tmp_path / "sshd"
+    work.mkdir()
+    server = Sshd(work)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
