@@ -83,6 +83,23 @@ class S3Client:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT_S)
         return self._conn
 
+    def _send(self, method: str, url: str, body: bytes | memoryview,
+              headers: dict[str, str]) -> http.client.HTTPResponse:
+        """Send a request; a kept-alive connection the server closed meanwhile is
+        replaced once (every call we make may be repeated safely)."""
+        reused = self._conn is not None
+        try:
+            conn = self._connection()
+            conn.request(method, url, body=bytes(body) if body else None, headers=headers)
+            return conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            if not reused:
+                raise
+        conn = self._connection()
+        conn.request(method, url, body=bytes(body) if body else None, headers=headers)
+        return conn.getresponse()
+
     def _headers(self, method: str, path: str, query: dict[str, str], payload_sha: str,
                  extra: dict[str, str]) -> dict[str, str]:
         now = time.gmtime()
@@ -124,9 +141,7 @@ class S3Client:
             url += "?" + "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
                                   if v else quote(k, safe="-_.~") for k, v in sorted(query.items()))
         try:
-            conn = self._connection()
-            conn.request(method, url, body=bytes(body) if body else None, headers=headers)
-            resp = conn.getresponse()
+            resp = self._send(method, url, body, headers)
             if resp.status == 200 and sink is not None:
                 while True:
                     chunk = resp.read(1 << 20)

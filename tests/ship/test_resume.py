@@ -1,0 +1,88 @@
+"""Failure and resume: the server killed mid-upload, then back: every object ends shipped
+exactly as in the manifest; the outbox backs off and survives a new shipper."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ossec_dfir.ship import outbox, receipts as rc
+from ossec_dfir.ship.fetch import fetch
+from ossec_dfir.ship.s3 import S3Client
+from ossec_dfir.ship.shipper import incident_host_id, ship_pass
+
+from .test_s3 import make_incident, s3_target
+
+
+def test_server_killed_mid_multipart_upload_then_restarted(store, s3_server, s3_credentials,
+                                                          tmp_path, monkeypatch):
+    big = os.urandom(17 * 1024 * 1024)
+    files = {"test/01/a.txt": b"alpha\n", "test/01/big.bin": big, "test/01/z.txt": b"zulu\n"}
+    incident = make_incident(store, files)
+    target = s3_target(s3_server, s3_credentials, part_bytes=5 * 1024 * 1024)
+    real_part = S3Client.upload_part
+    parts_sent: list[int] = []
+
+    def part_then_kill(self, key, upload_id, number, body):
+        etag = real_part(self, key, upload_id, number, body)
+        parts_sent.append(number)
+        if number == 2 and len(parts_sent) == 2:
+            s3_server.kill()     # the server dies between two parts of big.bin
+        return etag
+    monkeypatch.setattr(S3Client, "upload_part", part_then_kill)
+
+    result = ship_pass(store, incident.id, [target])
+    assert not result.ok and "lab" in result.errors
+    assert parts_sent == [1, 2]
+    hid = incident_host_id(incident)
+    got = {e["path"] for e in incident.manifest() if e["type"] == "receipt"}
+    assert "test/01/big.bin" not in got        # no receipt for what did not complete
+    assert not rc.shipped_everywhere(incident.path)
+
+    # Network down: the next pass fails fast, records nothing.
+    assert not ship_pass(store, incident.id, [target]).ok
+    s3_server.start()                           # back, same port and data
+    result = ship_pass(store, incident.id, [target])
+    assert result.ok, result.errors
+    assert rc.shipped_everywhere(incident.path)
+    for relpath, data in files.items():
+        assert s3_server.object(f"dfir/{hid}/{incident.id}/{relpath}") == data
+    # Every file has exactly one receipt from the target: shipped once it completed.
+    paths = [e["path"] for e in incident.manifest() if e["type"] == "receipt"
+             and e["path"] in files]
+    assert sorted(paths) == sorted(files)
+    report = fetch(target, f"{hid}/{incident.id}", str(tmp_path / "f"))
+    assert report.ok, report.to_dict()
+    incident.close()
+
+
+def test_outbox_backs_off_and_persists(store):
+    incident = make_incident(store, {"test/01/a.txt": b"a"})
+    assert outbox.add(store, incident.id)
+    assert [e["incident"] for e in outbox.due(store)] == [incident.id]
+    first = outbox.failed(store, incident.id, "down")
+    second = outbox.failed(store, incident.id, "down")
+    assert second == 2 * first
+    assert outbox.due(store) == []               # backing off
+    entry = outbox.read(store, incident.id)
+    assert entry["fails"] == 2 and entry["last_error"] == "down"
+    # Queued again (a new trigger): due at once, and a stale pass may not remove it.
+    gen = entry["gen"]
+    outbox.add(store, incident.id)
+    assert not outbox.remove(store, incident.id, if_gen=gen)
+    assert outbox.ids(store) == [incident.id]
+    assert Path(store.state_path("outbox", incident.id + ".json")).exists()
+    for _ in range(60):
+        delay = outbox.failed(store, incident.id, "down")
+    assert delay == outbox.MAX_BACKOFF_S        # bounded backoff
+    incident.close()
+
+
+def test_a_local_file_changed_after_closing_is_never_shipped(store, s3_server, s3_credentials):
+    incident = make_incident(store, {"test/01/a.txt": b"alpha\n"})
+    path = Path(incident.path) / "test/01/a.txt"
+    os.chmod(path, 0o600)
+    path.write_bytes(b"tampered\n")
+    result = ship_pass(store, incident.id, [s3_target(s3_server, s3_credentials)])
+    assert "no longer matches the manifest" in result.errors["lab"]
+    assert not any(k.endswith("test/01/a.txt") for k in s3_server.keys())
+    incident.close()
