@@ -31,10 +31,21 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
 def queue(config: Config, store: Store, incident_id: str, final: bool = False) -> bool:
-    """Put an incident in the outbox when targets are configured; False when it is full."""
+    """Put an incident in the outbox when targets are configured; False when it is full
+    (recorded in the incident's manifest: its evidence stays on the host only)."""
     if not config.ship:
         return True
-    return outbox.add(store, incident_id, final=final)
+    if outbox.add(store, incident_id, final=final):
+        return True
+    incident = store.open_incident(incident_id)
+    try:
+        incident.record({"type": "ship", "outcome": "skipped",
+                         "targets": [t.name for t in config.ship],
+                         "reason": f"the outbox is full ({outbox.MAX_ENTRIES} incidents "
+                                   "waiting): not queued for shipping"})
+    finally:
+        incident.close()
+    return False
 
 
 def ensure_shipper(config: Config, store: Store, config_path: str | None,

@@ -72,9 +72,20 @@ class Sshd:
         wait_port(self.port)
 
     def kill(self) -> None:
-        """Stop sshd by its pid."""
+        """Kill sshd and its per-connection sessions, each by its pid (SIGKILL)."""
+        import psutil
+
         if self.proc is not None and self.proc.poll() is None:
+            try:
+                sessions = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                sessions = []
             os.kill(self.proc.pid, 9)
+            for child in sessions:
+                try:
+                    os.kill(child.pid, 9)
+                except ProcessLookupError:
+                    pass
             self.proc.wait(timeout=10)
         self.proc = None
 

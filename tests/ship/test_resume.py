@@ -86,3 +86,33 @@ def test_a_local_file_changed_after_closing_is_never_shipped(store, s3_server, s
     assert "no longer matches the manifest" in result.errors["lab"]
     assert not any(k.endswith("test/01/a.txt") for k in s3_server.keys())
     incident.close()
+
+
+def test_a_full_outbox_is_recorded_in_the_incident(store, s3_server, s3_credentials,
+                                                   monkeypatch, config):
+    import dataclasses
+
+    from ossec_dfir.ar import shipping
+
+    cfg = dataclasses.replace(config, ship=(s3_target(s3_server, s3_credentials),))
+    first = make_incident(store, {"test/01/a.txt": b"a"}, key="203.0.113.1")
+    second = make_incident(store, {"test/01/a.txt": b"b"}, key="203.0.113.2")
+    monkeypatch.setattr(outbox, "MAX_ENTRIES", 1)
+    assert shipping.queue(cfg, store, first.id)
+    assert not shipping.queue(cfg, store, second.id)
+    assert outbox.ids(store) == [first.id]
+    [skipped] = [e for e in second.manifest() if e["type"] == "ship"]
+    assert skipped["outcome"] == "skipped" and "outbox is full" in skipped["reason"]
+    first.close()
+    second.close()
+
+
+def test_the_ar_entry_imports_no_shipping_library():
+    import subprocess
+    import sys
+
+    code = ("import sys; import ossec_dfir.ar.entry, ossec_dfir.ar.worker; "
+            "bad = [m for m in ('pyrage', 'paramiko', 'http.client', 'ossec_dfir.ship.s3', "
+            "'ossec_dfir.ship.sftp') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -78,3 +78,43 @@ def test_sftp_with_encryption(store, sshd, tmp_path):
     report = fetch(reader, f"{hid}/{incident.id}", str(tmp_path / "f"), str(ident))
     assert report.ok, report.to_dict()
     incident.close()
+
+
+def test_sshd_killed_mid_upload_then_restarted(store, sshd, tmp_path, monkeypatch):
+    from ossec_dfir.ship import receipts as rc
+    from ossec_dfir.ship.sftp import SftpUpload
+
+    big = os.urandom(8 << 20)
+    files = {"test/01/a.txt": b"alpha\n", "test/01/big.bin": big}
+    incident = make_incident(store, files)
+    target = sftp_target(sshd, sshd.shipper_key)
+    real_write = SftpUpload.write
+    writes: list[int] = []
+
+    def write_then_kill(self, data):
+        n = real_write(self, data)
+        if self.final.endswith("big.bin"):
+            writes.append(n)
+            if len(writes) == 3:
+                sshd.kill()      # sshd (and its session) dies in the middle of big.bin
+        return n
+    monkeypatch.setattr(SftpUpload, "write", write_then_kill)
+
+    result = ship_pass(store, incident.id, [target])
+    assert not result.ok
+    assert "test/01/big.bin" not in {e["path"] for e in incident.manifest()
+                                     if e["type"] == "receipt"}
+    hid = incident_host_id(incident)
+    top = sshd.chroot / "upload" / "dfir" / hid / incident.id
+    assert not (top / "test/01/big.bin").exists()   # only a .part- file, never the name
+    sshd.start()
+    writes.append(-1)                                # no second kill
+    result = ship_pass(store, incident.id, [target])
+    assert result.ok, result.errors
+    assert rc.shipped_everywhere(incident.path)
+    for relpath, data in files.items():
+        assert (top / relpath).read_bytes() == data
+    report = fetch(sftp_target(sshd, sshd.analyst_key), f"{hid}/{incident.id}",
+                   str(tmp_path / "f"))
+    assert report.ok, report.to_dict()
+    incident.close()
