@@ -114,3 +114,7 @@ class ShipError(DfirError):
         self.reason = reason
         self.where = where
         super().__init__(f"{reason}: {where}" if where else reason)
+
+
+class EvidenceChanged(ShipError):
+    """A local evidence file is gone or no longer matches its manifest entry: not shipped."""

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ShipError
+from ..errors import DfirError, EvidenceChanged, ShipError
 from ..evidence import fs
 from ..evidence.store import INCIDENT_JSON, MANIFEST, SUMS, TRIGGERS, Incident, Store
 from . import receipts as rc
@@ -67,7 +67,10 @@ def upload_file(client: Any, target: Target, incident: Incident, relpath: str, k
     SHA-256 and size, or the object is never completed. Without it (a growing
     store file), the file is shipped as it is at this moment.
     """
-    fd = _open_rel(incident, relpath)
+    try:
+        fd = _open_rel(incident, relpath)
+    except (OSError, DfirError) as err:
+        raise EvidenceChanged(f"cannot open the local copy ({err})", relpath) from err
     with os.fdopen(fd, "rb", buffering=0) as fh:
         size = os.fstat(fd).st_size if expect is None else int(expect.get("size") or 0)
         src = HashingReader(fh, size)
@@ -82,7 +85,7 @@ def upload_file(client: Any, target: Target, incident: Incident, relpath: str, k
                 upload.write(data)
         plain = src.sha.hexdigest()
         if expect is not None and (plain != expect.get("sha256") or src.size != size):
-            raise ShipError(f"the local copy no longer matches the manifest (sha256 {plain}, "
+            raise EvidenceChanged(f"the local copy no longer matches the manifest (sha256 {plain}, "
                             f"size {src.size}); not shipped", relpath)
         if src.size != size:
             raise ShipError("the file shrank while being shipped", relpath)
@@ -128,8 +131,14 @@ def ship_pass(store: Store, incident_id: str, targets: list[Target],
                 if client is None:
                     client = clients[target.name] = open_client(target)
                 for entry in rc.pending(incident.manifest(), target.name):
-                    receipt = upload_file(client, target, incident, entry["path"],
-                                          target.key(hid, incident.id, entry["path"]), entry)
+                    try:
+                        receipt = upload_file(client, target, incident, entry["path"],
+                                              target.key(hid, incident.id, entry["path"]), entry)
+                    except EvidenceChanged as err:
+                        # One file removed or altered on the host must not hold back the
+                        # rest: it stays pending (never shipped), the others go on.
+                        result.errors[target.name] = str(err)
+                        continue
                     incident.record(receipt)
                     result.shipped += 1
                 shipped = state.setdefault("store_files", {}).setdefault(target.name, {})

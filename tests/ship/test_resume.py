@@ -78,13 +78,19 @@ def test_outbox_backs_off_and_persists(store):
 
 
 def test_a_local_file_changed_after_closing_is_never_shipped(store, s3_server, s3_credentials):
-    incident = make_incident(store, {"test/01/a.txt": b"alpha\n"})
+    incident = make_incident(store, {"test/01/a.txt": b"alpha\n", "test/01/b.txt": b"b\n",
+                                     "test/01/c.txt": b"charlie\n"})
     path = Path(incident.path) / "test/01/a.txt"
-    os.chmod(path, 0o600)
     path.write_bytes(b"tampered\n")
+    (Path(incident.path) / "test/01/b.txt").unlink()
     result = ship_pass(store, incident.id, [s3_target(s3_server, s3_credentials)])
-    assert "no longer matches the manifest" in result.errors["lab"]
-    assert not any(k.endswith("test/01/a.txt") for k in s3_server.keys())
+    assert "lab" in result.errors
+    assert not any(k.endswith(("test/01/a.txt", "test/01/b.txt")) for k in s3_server.keys())
+    # The files the intruder did not touch still leave the host.
+    [c] = [k for k in s3_server.keys() if k.endswith("test/01/c.txt")]
+    assert s3_server.object(c) == b"charlie\n"
+    assert result.pending == 2
+    assert not rc.shipped_everywhere(incident.path)
     incident.close()
 
 
