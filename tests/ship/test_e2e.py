@@ -3,6 +3,7 @@ outcome line says what was shipped, a later line says the backlog cleared, and t
 ``ossec-dfir fetch`` rebuilds and verifies the incident from the remote copy alone."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -10,7 +11,6 @@ from pathlib import Path
 
 from ossec_dfir.ar.simulate import run_ossec
 from ossec_dfir.evidence.verify import verify
-from ossec_dfir.ship import outbox  # noqa: F401  (the outbox is what the shipper serves)
 
 from ..ar.test_entry import Tree
 from .conftest import BUCKET
@@ -36,26 +36,58 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_triage_ships_while_it_runs_and_fetch_verifies(tmp_path, s3_server, s3_credentials):
-    tree = Tree(tmp_path / "t", ship_config(s3_server, s3_credentials))
-    argv = [tree.script("dfir-triage"), "add", "-", "203.0.113.9", "1795912782.2", "5710",
-            "/var/log/auth.log", "-"]
-    assert run_ossec(argv, env={"PATH": "/usr/bin:/bin"}).returncode == 0
-    outcome = wait_line(tree, "ossec-dfir: outcome=", 300)
-    assert "command=dfir-triage" in outcome and " shipped=" in outcome
+PROFILE = """profiles:
+  dfir-shiptest:
+    description: triage, then a capture in segments
+    expect: srcip
+    ar_timeout_s: 600
+    steps:
+      - collector: triage
+      - collector: pcap
+        params: {duration_s: 15, timeout_s: 60, interface: lo, backend: native,
+                 segment_s: 3, summary: false}
+"""
+
+
+def test_triage_and_a_capture_ship_while_they_run_and_fetch_verifies(tmp_path, s3_server,
+                                                                      s3_credentials):
+    import socket
+    import threading
+
+    tree = Tree(tmp_path / "t", ship_config(s3_server, s3_credentials) + PROFILE)
+    stop = threading.Event()
+
+    def ping() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not stop.is_set():
+                s.sendto(b"x" * 100, ("127.0.0.2", 9))
+                stop.wait(0.1)
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
+    try:
+        argv = [tree.script("dfir-shiptest"), "add", "-", "127.0.0.2", "1795912782.2", "5710",
+                "/var/log/auth.log", "-"]
+        assert run_ossec(argv, env={"PATH": "/usr/bin:/bin"}).returncode == 0
+        outcome = wait_line(tree, "ossec-dfir: outcome=", 300)
+    finally:
+        stop.set()
+        pinger.join(timeout=5)
+    assert "command=dfir-shiptest" in outcome and " shipped=" in outcome, outcome
     cleared = wait_line(tree, "outcome=shipped", 120)
     [incident] = tree.incidents()
     assert f"incident={incident}" in cleared
     done, total = cleared.split(" shipped=")[1].split()[0].split("/")
     assert done == total and int(total) > 3
 
-    manifest = [__import__("json").loads(x) for x in
+    manifest = [json.loads(x) for x in
                 (tree.evidence / incident / "manifest.jsonl").read_text().splitlines()]
-    triage_end = next(e["seq"] for e in manifest if e.get("type") == "collector"
-                      and e.get("collector") == "triage")
-    shipped_early = [e for e in manifest if e.get("type") == "receipt"
-                     and e["path"].startswith("triage/") and e["seq"] < triage_end]
-    assert shipped_early, "nothing left the host while triage ran"
+    capture_end = next(e["seq"] for e in manifest if e.get("type") == "collector"
+                       and e.get("collector") == "pcap")
+    early = [e["path"] for e in manifest if e.get("type") == "receipt"
+             and e["seq"] < capture_end]
+    # Triage files and capture segments left the host while the capture still ran.
+    assert any(p.startswith("triage/") for p in early), early
+    assert sum(p.endswith(".pcap") for p in early) >= 2, early
     assert verify(str(tree.evidence / incident)).ok
 
     # The shipper is gone once its outbox stayed empty; the outbox is empty.
