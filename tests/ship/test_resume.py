@@ -2,6 +2,7 @@
 exactly as in the manifest; the outbox backs off and survives a new shipper."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -122,3 +123,19 @@ def test_the_ar_entry_imports_no_shipping_library():
             "'ossec_dfir.ship.sftp') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_status_and_ship_status_show_the_outbox(store, config_file, capsys):
+    from ossec_dfir.cli.main import main
+
+    incident = make_incident(store, {"test/01/a.txt": b"a"})
+    outbox.add(store, incident.id)
+    outbox.failed(store, incident.id, "HTTP 503")
+    assert main(["--config", str(config_file), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outbox"] == 1
+    assert main(["--config", str(config_file), "ship-status", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["incident"] == incident.id and row["fails"] == 1
+    assert row["last_error"] == "HTTP 503"
+    assert row["remote_id"] == f"web-01-{'ab' * 6}/{incident.id}"
+    incident.close()
