@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import Any
 
-from ..errors import ShipError
+from ..errors import ShipError, StoreError
 from ..evidence import fs
 from ..evidence.store import INCIDENT_ID_RE, MANIFEST, SUMS, TRIGGERS
 from ..evidence.verify import Report, verify
@@ -101,7 +101,7 @@ def fetch(target: Target, remote_id: str, dest: str, identity_file: str | None =
                 continue
             try:
                 got = _download(client, target.key(hid, iid, relpath), top, relpath, identities)
-            except ShipError as err:
+            except (ShipError, StoreError) as err:  # absent, or a path the manifest may not name
                 report_extra.append(("missing", relpath, f"not fetched from {target.name}: {err}"))
                 continue
             receipt = latest.get(relpath)

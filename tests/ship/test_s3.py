@@ -101,8 +101,10 @@ def test_fetch_finds_a_tampered_remote_object(store, s3_server, s3_credentials, 
     target = s3_target(s3_server, s3_credentials)
     assert ship_pass(store, incident.id, [target]).ok
     hid = incident_host_id(incident)
-    path = s3_server.data / BUCKET / "dfir" / hid / incident.id / "test/01/a.txt"
-    path.write_bytes(b"alphA\n")
+    from ossec_dfir.ship.s3 import S3Client
+    client = S3Client(target)   # someone with write access to the bucket
+    client.put_object(f"dfir/{hid}/{incident.id}/test/01/a.txt", b"alphA\n")
+    client.close()
     report = fetch(target, f"{hid}/{incident.id}", str(tmp_path / "f"))
     assert not report.ok
     kinds = {(p["kind"], p["path"]) for p in report.to_dict()["problems"]}
@@ -195,4 +197,28 @@ def test_receipt_entries_are_json_lines_of_the_chain(store, s3_server, s3_creden
     for line in lines:
         assert json.loads(line)["prev"] == prev
         prev = hashlib.sha256(line + b"\n").hexdigest()
+    incident.close()
+
+
+def test_a_hostile_remote_manifest_writes_nothing_outside_dest(store, s3_server, s3_credentials,
+                                                              tmp_path):
+    incident = make_incident(store, {"test/01/a.txt": b"alpha\n"})
+    target = s3_target(s3_server, s3_credentials)
+    assert ship_pass(store, incident.id, [target]).ok
+    hid = incident_host_id(incident)
+    remote = s3_server.data / BUCKET / "dfir" / hid / incident.id
+    # Someone with write access to the bucket names a path outside the incident.
+    evil = {"type": "file", "path": "../../escaped.txt", "sha256": "0" * 64, "size": 1}
+    from ossec_dfir.ship.s3 import S3Client
+    client = S3Client(target)
+    client.put_object(f"dfir/{hid}/{incident.id}/manifest.jsonl",
+                      (remote / "manifest.jsonl").read_bytes() + json.dumps(evil).encode() + b"\n")
+    client.put_object(f"dfir/{hid}/escaped.txt", b"x")
+    client.close()
+    report = fetch(target, f"{hid}/{incident.id}", str(tmp_path / "dest" / "f"))
+    assert not report.ok
+    assert not (tmp_path / "dest" / "escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists()
+    kinds = {p["kind"] for p in report.to_dict()["problems"]}
+    assert "chain" in kinds and "missing" in kinds
     incident.close()
