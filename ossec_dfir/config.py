@@ -24,7 +24,7 @@ _TOP_KEYS = {
     "evidence_root": (str, type(None)), "log_file": (str, type(None)),
     "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,), "max_captures": (int,),
     "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
-    "outcome_linger_s": (int, float),
+    "outcome_linger_s": (int, float), "ship": (list, type(None)),
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,), "retention": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
@@ -116,6 +116,7 @@ class Config:
     profiles: dict[str, Profile] = field(default_factory=dict)
     retention: Retention = field(default_factory=Retention)
     source: str = ""
+    ship: tuple[Any, ...] = ()  # ship.targets.Target, validated by _ship_targets
 
     def profile(self, name: str) -> Profile:
         """Return the profile for an AR command name or raise ConfigError."""
@@ -263,6 +264,18 @@ def timeout_notes(config: Config) -> list[str]:
     return notes
 
 
+def _ship_targets(data: dict[str, Any], where: Callable[[str], str],
+                  problems: list[str]) -> tuple[Any, ...]:
+    """Validate the ``ship:`` list of targets (ship/targets.py); return the targets."""
+    from .ship.targets import parse_targets
+
+    targets, found = parse_targets(data.get("ship"))
+    for problem in found:
+        key, sep, rest = problem.partition(": ")
+        problems.append(f"{where(key)}: {rest}" if sep else problem)
+    return tuple(targets)
+
+
 def validate(data: dict[str, Any], source: str, ossec_dir: str,
              lines: dict[str, tuple[str, int]] | None = None) -> Config:
     """Validate a merged config mapping; raise ConfigError listing every problem."""
@@ -369,6 +382,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                 problems.append(f"{where(ppath + '.stateful')}: must be true or false")
             profiles[pname] = Profile(pname, str(pdata.get("description") or ""), tuple(steps),
                                       bool(stateful), expect, ar_timeout_s)
+    ship = _ship_targets(data, where, problems)
     if problems:
         raise ConfigError(problems, source)
     evidence_root = data.get("evidence_root") or os.path.join(ossec_dir, "dfir")
@@ -384,4 +398,4 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   outcome_linger_s=float(data.get("outcome_linger_s", 600)),
                   binaries=dict(binaries) if isinstance(binaries, dict) else {},
                   collectors=dict(collectors) if isinstance(collectors, dict) else {},
-                  profiles=profiles, retention=retention, source=source)
+                  profiles=profiles, retention=retention, source=source, ship=ship)

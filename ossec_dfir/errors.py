@@ -105,3 +105,16 @@ class InstallError(DfirError):
 
 class RegexTimeout(DfirError):
     """A content regex did not finish on one input within its time bound."""
+
+
+class ShipError(DfirError):
+    """Evidence could not be shipped to (or fetched from) a remote target."""
+
+    def __init__(self, reason: str, where: str | None = None) -> None:
+        self.reason = reason
+        self.where = where
+        super().__init__(f"{reason}: {where}" if where else reason)
+
+
+class EvidenceChanged(ShipError):
+    """A local evidence file is gone or no longer matches its manifest entry: not shipped."""

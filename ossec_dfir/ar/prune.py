@@ -40,6 +40,17 @@ STAMP = "prune.last"
 MAX_JOB_BYTES = 1 << 22
 
 
+def _shipped_release(store: Store, incident_id: str, tip: str) -> str | None:
+    """Release an incident that every shipping target holds whole, manifest as it is now."""
+    from ..ship.receipts import shipped_everywhere
+    if shipped_everywhere(os.path.join(store.root, incident_id)):
+        return "every file and the manifest as it is now are held by every shipping target"
+    return None
+
+
+retention.register_release("shipped", _shipped_release)
+
+
 @dataclass
 class PruneResult:
     """What one prune did (or, dry run, would do)."""

@@ -26,9 +26,9 @@ import time
 from typing import Any
 
 from ..evidence import fs
-from . import delivery, log as arlog, prune
+from . import delivery, log as arlog, prune, shipping
 from ..procfs import flocked_files, pid_alive
-from ..config import Config, load
+from ..config import DEFAULT_CONFIG, Config, load
 from ..errors import ConfigError, DfirError, StoreError
 from .request import Request
 from .runner import Runner
@@ -217,6 +217,7 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
     request = Request.from_record(job["request"])
     incident = store.open_incident(job["incident"])
     try:
+        _start_shipping(config, store, incident.id)
         if time.time() - float(job.get("queued", 0)) > config.queue_max_age_s:
             outcome, reason = "failed", f"waited longer than queue_max_age_s=" \
                                         f"{config.queue_max_age_s:g} in the queue"
@@ -231,16 +232,36 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
             reason = "; ".join(f"{o.collector}: {o.reason}" for o in outcomes if o.reason)
         tip = incident.record({"type": "outcome", "trigger": job["trigger"],
                                "command": request.command, "outcome": outcome})
-        log_outcome(config, request, incident.id, outcome, outcomes, reason, tip, store)
+        extra = {}
+        if config.ship:
+            shipping.queue(config, store, incident.id, final=True)
+            extra["shipped"] = shipping.shipped_field(config, store, incident.id)
+        log_outcome(config, request, incident.id, outcome, outcomes, reason, tip, store, extra)
         return outcome
     finally:
         incident.close()
 
 
+def _start_shipping(config: Config, store: Store, incident_id: str) -> None:
+    """Queue the incident for shipping and make sure a shipper runs beside the collectors.
+
+    Shipping never holds up or fails a collection: its errors are left to the shipper.
+    """
+    if not config.ship:
+        return
+    try:
+        shipping.queue(config, store, incident_id)
+        source = config.source if os.path.abspath(config.source) != os.path.abspath(
+            DEFAULT_CONFIG) else ""
+        shipping.ensure_shipper(config, store, source, config.ossec_dir)
+    except (OSError, DfirError, ValueError):
+        pass
+
+
 def log_outcome(config: Config, request: Request, incident_id: str, outcome: str,
                 outcomes: list[Any], reason: str, tip: dict[str, Any],
-                store: Store | None = None) -> None:
-    """Write the final parseable outcome line of one collection."""
+                store: Store | None = None, extra: dict[str, str] | None = None) -> None:
+    """Write the final parseable outcome line of one collection (extra fields at the end)."""
     import hashlib
     arlog.outcome(config, {
         "outcome": outcome, "command": request.command,
@@ -248,7 +269,7 @@ def log_outcome(config: Config, request: Request, incident_id: str, outcome: str
         "incident": incident_id,
         "steps": ",".join(f"{o.collector}:{o.outcome}" for o in outcomes) or "-",
         "manifest_sha256": hashlib.sha256((canonical_json(tip) + "\n").encode()).hexdigest(),
-        "reason": reason or "-"}, store)
+        "reason": reason or "-", **(extra or {})}, store)
 
 
 def main(argv: list[str]) -> int:
@@ -277,6 +298,8 @@ def main(argv: list[str]) -> int:
                          arlog.failed_fields("-", None, f"worker cannot start: {err}"))
         return 3
     code = _drain(config, store, slot, args["--config"], ossec_dir)
+    with contextlib.suppress(OSError, DfirError):  # resume an outbox left by a crash or reboot
+        shipping.ensure_shipper(config, store, args["--config"], ossec_dir)
     if slot["fd"] is not None:  # never linger in a slot
         os.close(slot["fd"])
         slot["fd"] = None

@@ -112,7 +112,7 @@ def _stop_on_interrupt(store: Any, req: Any) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show running collectors (bytes so far), queued jobs and busy worker slots."""
+    """Show running collectors (bytes so far), queued jobs, busy worker slots and the outbox."""
     from ..ar import worker
     config = load_config(args)
     store = open_store(config, create=True)
@@ -129,14 +129,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError):
             continue
         running.append(info)
+    from ..ship import outbox
     status = {"running": running, "queued": len(worker.queued_jobs(store)),
               "busy_workers": worker.busy_slots(store, config.max_workers),
-              "max_workers": config.max_workers}
+              "max_workers": config.max_workers, "outbox": len(outbox.ids(store))}
     if args.json:
         print_json(status)
     else:
         print(f"workers {status['busy_workers']}/{status['max_workers']} busy, "
-              f"{status['queued']} queued")
+              f"{status['queued']} queued, {status['outbox']} incidents waiting to ship "
+              "(ossec-dfir ship-status)")
         for r in running:
             print(f"  pid {r['pid']} {r['collector']:8s} {r['incident']} {r['bytes']} bytes "
                   f"since {r['started']}")

@@ -268,3 +268,17 @@ def test_a_link_as_the_export_record_does_not_release(config_file, store, tmp_pa
     _, result = run_prune(config_file, capsys)
     assert actions(result) == {incident_id: "keep"}
     assert (Path(store.root) / incident_id).is_dir()
+
+
+def test_an_incident_shipped_everywhere_is_released(config_file, store, capsys, monkeypatch):
+    """The shipping receipts release an incident as an export does (ar/prune.py registers
+    ship.receipts.shipped_everywhere); one not shipped everywhere is kept."""
+    from ossec_dfir.ship import receipts
+    shipped = make_incident(store, "203.0.113.20")
+    kept = make_incident(store, "203.0.113.21")
+    monkeypatch.setattr(receipts, "shipped_everywhere",
+                        lambda path: os.path.basename(path) == shipped)
+    code, result = run_prune(config_file, capsys)
+    assert code == 0 and actions(result) == {shipped: "deleted", kept: "keep"}
+    [deleted] = [d for d in result["incidents"] if d["incident"] == shipped]
+    assert deleted["released_by"].startswith("shipped: ")

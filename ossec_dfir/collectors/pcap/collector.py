@@ -58,6 +58,11 @@ class PcapParams(Params):
     # With every capture slot taken and another trigger waiting for one, a capture
     # that has written no packet this long yields its slot (0: never).
     yield_after_s: float = 60.0
+    # Segments (segments.py): with either set, the capture is capture-00001.pcap, ...,
+    # each closed (and so shipped off the host) when it holds segment_bytes or is
+    # segment_s old. 0 and 0: one capture.pcap.
+    segment_bytes: int = 0
+    segment_s: float = 0.0
 
     def validate(self) -> list[str]:
         """Return the problems of these parameters."""
@@ -79,6 +84,10 @@ class PcapParams(Params):
             problems.append(f"snaplen_bytes: must be between 64 and {MAX_SNAPLEN}")
         if not 1 << 20 <= self.buffer_bytes <= 1 << 30:
             problems.append("buffer_bytes: must be between 1 MiB and 1 GiB")
+        if self.segment_bytes and not 1 << 20 <= self.segment_bytes <= 1 << 34:
+            problems.append("segment_bytes: must be 0 (no size segments) or 1 MiB to 16 GiB")
+        if self.segment_s and not 1 <= self.segment_s <= 86400:
+            problems.append("segment_s: must be 0 (no time segments) or 1 to 86400")
         return problems
 
     def ar_timeout_problem(self, ar_timeout_s: int | None) -> str | None:
@@ -136,9 +145,11 @@ class PcapCollector(Collector):
             raise Skipped(why_not or "no capture backend")
         started_at = time.monotonic()
         slot = ctx.capture_slot
-        live: dict[str, Any] = {"sink": None, "since": started_at}
+        live: dict[str, Any] = {"sink": None, "since": started_at, "segments": None}
 
         def stop() -> str | None:
+            if live["segments"] is not None:
+                live["segments"].rotate_if_due()
             reason = ctx.should_stop()
             now = time.monotonic()
             if reason is None and now - started_at >= params.duration_s:
@@ -161,7 +172,11 @@ class PcapCollector(Collector):
 
         meta = {"filter": f"host {ip}", "backend": backend, "interface": params.interface}
         started = utc_now()
-        with ctx.writer("capture.pcap", meta=meta) as writer:
+        if params.segment_bytes or params.segment_s:
+            from .segments import SegmentWriter
+            live["segments"] = SegmentWriter(lambda name, m: ctx.writer(name, meta=m), meta,
+                                             params.segment_bytes, params.segment_s)
+        with live["segments"] or ctx.writer("capture.pcap", meta=meta) as writer:
             sink = PcapSink(writer, params.max_bytes, params.max_packets)
             live["sink"] = sink
             if backend == "tcpdump":
@@ -180,6 +195,8 @@ class PcapCollector(Collector):
                       "elapsed_s": round(time.monotonic() - started_at, 3),
                       "packets_written": sink.packets, "bytes_written": writer.size,
                       "sha256": writer.sha256})
+        if live["segments"] is not None:
+            stats["segments"] = live["segments"].closed
         result = _judge(stats)
         ctx.write_json("capture.json", stats)
         result.summary.update({k: stats.get(k) for k in (
@@ -187,11 +204,13 @@ class PcapCollector(Collector):
             "received_by_filter", "dropped_by_kernel", "captured", "stop_reason",
             "elapsed_s")})
         if params.summary:
-            self._summarise(ctx, params, writer.relpath, result)
+            paths = [seg["path"] for seg in stats.get("segments", [])] or [writer.relpath]
+            self._summarise(ctx, params, paths, result)
         return result
 
-    def _summarise(self, ctx: Context, params: PcapParams, relpath: str, result: Result) -> None:
-        """Write summary.json from the closed capture file."""
+    def _summarise(self, ctx: Context, params: PcapParams, relpaths: list[str],
+                   result: Result) -> None:
+        """Write summary.json from the closed capture file (or its segments, joined)."""
         from .summary import summarize
         try:
             import scapy  # noqa: F401
@@ -204,15 +223,24 @@ class PcapCollector(Collector):
         def keep_going() -> bool:
             return not ctx.terminated and ctx.time_left() > 0
 
+        from .segments import JoinedSegments
+        files = []
         try:
-            fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=ctx.incident.dir_fd)
+            for relpath in relpaths:
+                files.append(os.fdopen(os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                               dir_fd=ctx.incident.dir_fd), "rb"))
         except OSError as err:
+            for fh in files:
+                fh.close()
             result.degrade(f"summary: cannot reopen the capture: {err.strerror}")
             return
         try:
-            with os.fdopen(fd, "rb") as fh:
-                doc = summarize(fh, ctx.request.srcip, params.summary_max_packets, keep_going)
+            joined = JoinedSegments(files)
+            try:
+                doc = summarize(joined, ctx.request.srcip, params.summary_max_packets,
+                                keep_going)
+            finally:
+                joined.close()
         except Exception as err:  # noqa: BLE001 - scapy on attacker bytes
             ctx.note(f"summary failed: {type(err).__name__}: {err}")
             result.degrade("summary failed")

@@ -1,0 +1,1 @@
+"""Shipping evidence off the host: targets, outbox, S3, SFTP, age, receipts, fetch."""
