@@ -31,7 +31,6 @@ from ..procfs import flocked_files, pid_alive
 from ..config import Config, load
 from ..errors import ConfigError, DfirError, StoreError
 from .request import Request
-from .runner import Runner
 from ..evidence.store import Store, canonical_json
 
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -224,6 +223,8 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
                              "outcome": "skipped", "reason": reason})
             outcomes: list[Any] = []
         else:
+            from .runner import Runner  # lazily: the AR hot path imports this module too
+
             runner = Runner(config, store, incident, request, job["trigger"],
                             child_close_fds=slot_fds, on_only_background=handoff)
             outcome = runner.run_profile(config.profile(request.command))
