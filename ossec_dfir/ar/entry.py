@@ -117,14 +117,14 @@ def accept(config: Settings, req: Request, config_path: str) -> str:
 
 def stop(config: Settings, req: Request) -> str:
     """Handle a delete: stop this command's running collection for the key; keep evidence."""
-    from . import logcollector, runner, worker
+    from . import logcollector, stops, worker
 
     # execd runs every pending delete on ossec-control stop/restart, after
     # logcollector stopped: a delete while it is down is that shutdown.
-    why = runner.STOP_SHUTDOWN if logcollector.is_down(config) else runner.STOP_DELETE
+    why = stops.STOP_SHUTDOWN if logcollector.is_down(config) else stops.STOP_DELETE
     store = worker.open_store(config)
     try:
-        runner.request_stop(store, req.command, req.key, why)
+        stops.request_stop(store, req.command, req.key, why)
         current = store.current_incident(req.key)
         if current is None:
             return "delete: stop requested; no incident for this key"
@@ -133,7 +133,7 @@ def stop(config: Settings, req: Request) -> str:
             incident.append_trigger(_trigger_record(req, "delete"))
         finally:
             incident.close()
-        cause = " (execd shutdown)" if why == runner.STOP_SHUTDOWN else ""
+        cause = " (execd shutdown)" if why == stops.STOP_SHUTDOWN else ""
         return f"delete: stop requested{cause}; incident={current}"
     finally:
         store.close()

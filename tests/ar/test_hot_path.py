@@ -25,7 +25,7 @@ ALLOWED = {"ossec_dfir", "ossec_dfir.errors", "ossec_dfir.config", "ossec_dfir.c
            "ossec_dfir.trust", "ossec_dfir.procfs", "ossec_dfir.hostinfo", "ossec_dfir.ar",
            "ossec_dfir.ar.entry", "ossec_dfir.ar.request", "ossec_dfir.ar.ossec_filename",
            "ossec_dfir.ar.log", "ossec_dfir.ar.delivery", "ossec_dfir.ar.logcollector",
-           "ossec_dfir.ar.worker", "ossec_dfir.evidence", "ossec_dfir.evidence.fs",
+           "ossec_dfir.ar.worker", "ossec_dfir.ar.stops", "ossec_dfir.evidence", "ossec_dfir.evidence.fs",
            "ossec_dfir.evidence.text", "ossec_dfir.evidence.store"}
 
 
@@ -103,6 +103,11 @@ def test_the_hot_path_imports_no_yaml_parser_and_no_collector(tree):
     assert len(lines) == 4 and all(" -- accepted: incident=" in x for x in lines), lines
     assert len(tree.incidents()) == 3
     tree.wait_outcome(3)
+    code, names = run_ossec(script, ["delete", "-", "203.0.113.11", "1.2", "5712", "-", "-"])
+    assert code == 0 and _heavy(names) == set()
+    assert {n for n in names if n.startswith("ossec_dfir")} <= ALLOWED
+    assert "ossec_dfir.ar.stops" in names and " -- delete: stop requested" in \
+        tree.invocation_lines()[-1]
 
 
 def test_refused_input_imports_nothing_heavy_either(tree):
