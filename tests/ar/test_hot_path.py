@@ -117,3 +117,28 @@ def test_refused_input_imports_nothing_heavy_either(tree):
     assert code != 0 and _heavy(names) == set()
     assert "refused" in tree.invocation_lines()[-1]
     tree.wait_outcome(1)  # the first add's worker
+
+
+def test_the_worker_starts_niced_and_takes_the_priority_back_before_its_jobs():
+    """In a storm the worker's start-up yields to the AR invocations; its collections do not."""
+    from ossec_dfir.ar import worker
+    if os.geteuid() != 0:
+        pytest.skip("only root can take a priority back")
+    assert f"os.nice({worker.START_NICE})" in worker._BOOT
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.nice(worker.START_NICE)
+            niced = os.getpriority(os.PRIO_PROCESS, 0)
+            worker._restore_priority("0")
+            os.write(write_fd, f"{niced} {os.getpriority(os.PRIO_PROCESS, 0)}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    answer = os.read(read_fd, 64).decode()
+    os.close(read_fd)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert answer == f"{worker.START_NICE} 0"
