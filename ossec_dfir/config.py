@@ -8,10 +8,8 @@ same name replaces the shipped one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
-
-import yaml
 
 from . import trust
 from .errors import ConfigError
@@ -97,8 +95,23 @@ def _retention(raw: Any, where: Callable[[str], str], grouping_window_s: Any,
 
 
 @dataclass(frozen=True)
-class Config:
-    """The validated configuration."""
+class Response:
+    """What the AR entry point needs of a profile: how its alerts are keyed, and if execd deletes."""
+
+    name: str
+    stateful: bool = True
+    expect: str = "srcip"
+    ar_timeout_s: int | None = DEFAULT_AR_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration less the collectors: all the AR entry point reads.
+
+    A Settings comes from a full validation (``Config.settings()``) or from the
+    checked cache of one (configcache.py); it never holds collector parameters,
+    so the AR hot path imports no collector.
+    """
 
     evidence_root: str
     log_file: str
@@ -111,11 +124,25 @@ class Config:
     check_keys: bool = True
     check_keys_timeout_s: float = 5.0
     outcome_linger_s: float = 600.0
+    source: str = ""
+    responses: dict[str, Response] = field(default_factory=dict)
+
+    def response(self, name: str) -> Response:
+        """Return what the entry point needs of the profile for an AR command, or raise ConfigError."""
+        if name not in self.responses:
+            raise ConfigError([f"profiles: no profile named {name!r} "
+                               f"(defined: {', '.join(sorted(self.responses))})"], self.source)
+        return self.responses[name]
+
+
+@dataclass(frozen=True)
+class Config(Settings):
+    """The validated configuration."""
+
     binaries: dict[str, str] = field(default_factory=dict)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
     retention: Retention = field(default_factory=Retention)
-    source: str = ""
     ship: tuple[Any, ...] = ()  # ship.targets.Target, validated by _ship_targets
 
     def profile(self, name: str) -> Profile:
@@ -125,9 +152,15 @@ class Config:
                                f"(defined: {', '.join(sorted(self.profiles))})"], self.source)
         return self.profiles[name]
 
+    def settings(self) -> Settings:
+        """Return the Settings part (what the AR entry point reads) of this configuration."""
+        return Settings(**{f.name: getattr(self, f.name) for f in fields(Settings)})
+
 
 def _line_map(text: str) -> dict[str, int]:
     """Map dotted key paths of a YAML document to 1-based line numbers."""
+    import yaml  # lazily: the AR hot path reads the checked cache (configcache.py)
+
     lines: dict[str, int] = {}
     try:
         root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -151,6 +184,8 @@ def _line_map(text: str) -> dict[str, int]:
 
 
 def _read_yaml(path: str) -> tuple[dict[str, Any], str]:
+    import yaml  # lazily: the AR hot path reads the checked cache (configcache.py)
+
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(1 << 20)
@@ -398,4 +433,6 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   outcome_linger_s=float(data.get("outcome_linger_s", 600)),
                   binaries=dict(binaries) if isinstance(binaries, dict) else {},
                   collectors=dict(collectors) if isinstance(collectors, dict) else {},
-                  profiles=profiles, retention=retention, source=source, ship=ship)
+                  profiles=profiles, retention=retention, source=source, ship=ship,
+                  responses={n: Response(n, p.stateful, p.expect, p.ar_timeout_s)
+                             for n, p in profiles.items()})

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import socket
 import sys
@@ -75,7 +74,7 @@ def library_versions() -> dict[str, str | None]:
 
 def identity() -> dict[str, Any]:
     """Return the host identity recorded in every incident.json."""
-    uname = platform.uname()
+    uname = os.uname()  # what platform.uname() reads on Linux, without importing platform
     boot_time = None
     stat = _read(os.path.join(PROC, "stat")) or ""
     for line in stat.splitlines():
@@ -86,7 +85,7 @@ def identity() -> dict[str, Any]:
         "machine_id": _read(os.path.join(ETC, "machine-id")),
         "boot_id": _read(os.path.join(PROC, "sys/kernel/random/boot_id")),
         "boot_time": boot_time,
-        "kernel": {"system": uname.system, "release": uname.release,
+        "kernel": {"system": uname.sysname, "release": uname.release,
                    "version": uname.version, "machine": uname.machine},
         "os_release": {k: v for k, v in os_release().items()
                        if k in ("ID", "VERSION_ID", "PRETTY_NAME")},

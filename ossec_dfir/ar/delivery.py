@@ -22,7 +22,7 @@ import stat
 import time
 from typing import Callable
 
-from ..config import Config
+from ..config import Settings
 from ..errors import DfirError
 from ..evidence import fs
 from ..evidence.store import STATE_DIR, Store
@@ -184,7 +184,7 @@ def _put_back(store: Store, dfd: int, claimed: str, dropped: int, lines: list[st
 
 
 # -- writing and delivering ---------------------------------------------------
-def write_outcome(config: Config, line: str, store: Store | None = None) -> bool:
+def write_outcome(config: Settings, line: str, store: Store | None = None) -> bool:
     """Append an outcome line; keep it pending when no logcollector is reading the log.
 
     The line counts as read only when the same logcollector held the log
@@ -204,7 +204,7 @@ def write_outcome(config: Config, line: str, store: Store | None = None) -> bool
     return written
 
 
-def _with_store(config: Config, store: Store | None, action: Callable[[Store], int | None]
+def _with_store(config: Settings, store: Store | None, action: Callable[[Store], int | None]
                 ) -> int | None:
     if store is not None:
         return action(store)
@@ -224,7 +224,7 @@ def dropped_note(count: int) -> str:
             f"{MAX_PENDING_BYTES} bytes are kept)\"")
 
 
-def flush(config: Config, store: Store, settle_s: float = 0.0) -> int:
+def flush(config: Settings, store: Store, settle_s: float = 0.0) -> int:
     """Deliver the pending lines once when a logcollector holds the log; return how many."""
     path = pending_path(store.root)
     if not os.path.lexists(path):
@@ -256,7 +256,7 @@ def flush(config: Config, store: Store, settle_s: float = 0.0) -> int:
         os.close(dfd)
 
 
-def flush_pending(config: Config) -> int:
+def flush_pending(config: Settings) -> int:
     """Deliver pending lines from an AR invocation: one stat when there are none."""
     try:
         os.stat(pending_path(config.evidence_root), follow_symlinks=False)
@@ -268,7 +268,7 @@ def flush_pending(config: Config) -> int:
         return 0
 
 
-def linger(config: Config, store: Store, sleep: Callable[[float], None] = time.sleep) -> int:
+def linger(config: Settings, store: Store, sleep: Callable[[float], None] = time.sleep) -> int:
     """Wait (bounded) for a logcollector and deliver the pending lines; return how many.
 
     One worker lingers per store; it stays until nothing is pending or

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import log as arlog, request as rq
-from ..config import (DEFAULT_CONFIG, ENV_CONFIG, Config, Profile, config_path_for, load,
+from ..config import (DEFAULT_CONFIG, ENV_CONFIG, Profile, Response, Settings, config_path_for,
     ossec_dir_of_script)
+from ..configcache import load_settings
 from ..errors import (EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_STORE, BadRequest,
     ConfigError, DfirError, StoreError)
 from .request import Request
@@ -46,14 +47,14 @@ def installed_script(script: str) -> bool:
         os.path.basename(os.path.dirname(parent)) == "active-response"
 
 
-def needs_file(profile: Profile, req: Request) -> None:
+def needs_file(profile: Profile | Response, req: Request) -> None:
     """Refuse (BadRequest) a request without a usable filename for a filename profile."""
     if profile.expect == "filename" and req.action == "add" and req.filename is None:
         raise BadRequest(req.filename_refused or "the alert carries no filename "
                          f"(profile {profile.name} has expect: filename)", "filename")
 
 
-def handshake(req: Request, config: Config, stdin_fd: int, stdout_fd: int) -> str:
+def handshake(req: Request, config: Settings, stdin_fd: int, stdout_fd: int) -> str:
     """Run Wazuh's check_keys exchange; return continue, abort or a no-answer note."""
     keys = [req.key]
     try:
@@ -78,7 +79,7 @@ class Queued:
     started: str
 
 
-def queue(config: Config, req: Request, config_path: str) -> Queued:
+def queue(config: Settings, req: Request, config_path: str) -> Queued:
     """Record an add in its incident, queue it, start a worker if a slot is free."""
     from .. import hostinfo
     from . import worker
@@ -107,23 +108,23 @@ def queue(config: Config, req: Request, config_path: str) -> Queued:
         store.close()
 
 
-def accept(config: Config, req: Request, config_path: str) -> str:
+def accept(config: Settings, req: Request, config_path: str) -> str:
     """Queue an add (see queue) and return the status for its log line."""
     q = queue(config, req, config_path)
     return (f"accepted: incident={q.incident}{' (new)' if q.created else ''} "
             f"trigger={q.trigger} {q.started}")
 
 
-def stop(config: Config, req: Request) -> str:
+def stop(config: Settings, req: Request) -> str:
     """Handle a delete: stop this command's running collection for the key; keep evidence."""
-    from . import logcollector, runner, worker
+    from . import logcollector, stops, worker
 
     # execd runs every pending delete on ossec-control stop/restart, after
     # logcollector stopped: a delete while it is down is that shutdown.
-    why = runner.STOP_SHUTDOWN if logcollector.is_down(config) else runner.STOP_DELETE
+    why = stops.STOP_SHUTDOWN if logcollector.is_down(config) else stops.STOP_DELETE
     store = worker.open_store(config)
     try:
-        runner.request_stop(store, req.command, req.key, why)
+        stops.request_stop(store, req.command, req.key, why)
         current = store.current_incident(req.key)
         if current is None:
             return "delete: stop requested; no incident for this key"
@@ -132,7 +133,7 @@ def stop(config: Config, req: Request) -> str:
             incident.append_trigger(_trigger_record(req, "delete"))
         finally:
             incident.close()
-        cause = " (execd shutdown)" if why == runner.STOP_SHUTDOWN else ""
+        cause = " (execd shutdown)" if why == stops.STOP_SHUTDOWN else ""
         return f"delete: stop requested{cause}; incident={current}"
     finally:
         store.close()
@@ -151,8 +152,8 @@ def main(command: str, argv: list[str] | None = None, stdin_fd: int = 0,
         script = argv[0] if argv else command
         log = os.path.join(ossec_dir_of_script(script), "logs", "active-responses.log")
         try:
-            log = load(os.environ.get(ENV_CONFIG) or None,
-                       ossec_dir_of_script(script)).log_file
+            log = load_settings(os.environ.get(ENV_CONFIG) or None,
+                                ossec_dir_of_script(script)).log_file
         except Exception:  # noqa: BLE001 - fall back to the OSSEC log
             pass
         why = f"internal error {type(err).__name__}: {err}"
@@ -177,7 +178,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
                     f"{ENV_CONFIG} is not set\n".encode())
         return EXIT_BAD_INPUT
     try:
-        config = load(config_path if os.path.exists(config_path) or
+        config = load_settings(config_path if os.path.exists(config_path) or
                       os.environ.get(ENV_CONFIG) else None, ossec_dir)
     except ConfigError as err:
         # Not the attacker's doing: every response on this host is off until it is fixed.
@@ -193,7 +194,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
             args_text = "wazuh-json " + rq.sanitize(line.decode("utf-8", "replace"), 300)
             req = rq.from_wazuh_json(command, line)
         args_text = _request_text(req)
-        needs_file(config.profile(command), req)
+        needs_file(config.response(command), req)
     except BadRequest as err:
         arlog.invocation(config.log_file, script, args_text, f"refused: {err}")
         return EXIT_BAD_INPUT
@@ -204,7 +205,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
         if req.action == "delete":
             status = stop(config, req)
         else:
-            if req.protocol == "wazuh" and config.check_keys and config.profile(command).stateful:
+            if req.protocol == "wazuh" and config.check_keys and config.response(command).stateful:
                 answer = handshake(req, config, stdin_fd, stdout_fd)
                 if answer == "abort":
                     arlog.invocation(config.log_file, script, args_text,
@@ -228,7 +229,7 @@ def _main(command: str, argv: list[str], stdin_fd: int, stdout_fd: int) -> int:
     return EXIT_COMPLETE
 
 
-def _flush_kept_outcomes(config: Config) -> None:
+def _flush_kept_outcomes(config: Settings) -> None:
     """Deliver outcome lines kept while logcollector was down, if it is back (one stat if none)."""
     from . import delivery
     delivery.flush_pending(config)

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import delivery
-from ..config import Config
+from ..config import Settings
 from .request import sanitize
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def outcome_to(log_file: str, fields: dict[str, object]) -> bool:
     return _append(log_file, format_outcome(fields))
 
 
-def outcome(config: Config, fields: dict[str, object], store: Store | None = None) -> bool:
+def outcome(config: Settings, fields: dict[str, object], store: Store | None = None) -> bool:
     """Write an outcome line to config.log_file, kept for redelivery while no
     logcollector of the install reads the log; return True when it reached the log."""
     return delivery.write_outcome(config, format_outcome(fields), store)

@@ -13,7 +13,7 @@ import re
 import time
 from typing import Callable
 
-from ..config import Config
+from ..config import Settings
 
 LOGCOLLECTORS = ("ossec-logcollector", "wazuh-logcollector")
 PIDFILE_RE = re.compile(r"^(ossec|wazuh)-logcollector-([1-9][0-9]{0,9})\.pid$")
@@ -117,7 +117,7 @@ def settled_holder(ossec_dir: str, log_file: str, wait_s: float = SETTLE_S,
         sleep(0.2)
 
 
-def is_down(config: Config) -> bool:
+def is_down(config: Settings) -> bool:
     """Return True when an install owns the log but no logcollector of it holds the log."""
     return has_install(config.ossec_dir) and \
         log_holder(config.ossec_dir, config.log_file) is None

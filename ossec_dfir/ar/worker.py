@@ -31,11 +31,17 @@ from ..procfs import flocked_files, pid_alive
 from ..config import DEFAULT_CONFIG, Config, load
 from ..errors import ConfigError, DfirError, StoreError
 from .request import Request
-from .runner import Runner
 from ..evidence.store import Store, canonical_json
 
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from ossec_dfir.ar.worker import main; sys.exit(main(sys.argv[2:]))")
+# The worker starts niced (START_NICE) and takes the priority of the process that
+# spawned it back once its config is loaded, before it runs a job: in an alert
+# storm its start-up (the YAML, every collector) yields the CPU to the AR
+# invocations that execd is waiting for; the collections run as before.
+START_NICE = 10
+_BOOT = ("import os, sys\nif os.geteuid() == 0:  # only root can take the priority back\n"
+         "    os.nice(%d)\n"
+         "sys.path.insert(0, sys.argv[1]); "
+         "from ossec_dfir.ar.worker import main; sys.exit(main(sys.argv[2:]))") % START_NICE
 WORKER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
@@ -204,7 +210,8 @@ def spawn(slot_fd: int, config_path: str, ossec_dir: str) -> int:
     """Start a detached worker holding slot_fd; return its pid (we do not wait)."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     argv = [sys.executable, "-I", "-c", _BOOT, pkg_parent, "--slot-fd", str(slot_fd),
-            "--config", config_path, "--ossec-dir", ossec_dir]
+            "--config", config_path, "--ossec-dir", ossec_dir,
+            "--priority", str(os.getpriority(os.PRIO_PROCESS, 0))]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(slot_fd,),
                             start_new_session=True, cwd="/", env=WORKER_ENV)
@@ -225,6 +232,8 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
                              "outcome": "skipped", "reason": reason})
             outcomes: list[Any] = []
         else:
+            from .runner import Runner  # lazily: the AR hot path imports this module too
+
             runner = Runner(config, store, incident, request, job["trigger"],
                             child_close_fds=slot_fds, on_only_background=handoff)
             outcome = runner.run_profile(config.profile(request.command))
@@ -297,6 +306,7 @@ def main(argv: list[str]) -> int:
         arlog.outcome_to(config.log_file,
                          arlog.failed_fields("-", None, f"worker cannot start: {err}"))
         return 3
+    _restore_priority(args.get("--priority"))
     code = _drain(config, store, slot, args["--config"], ossec_dir)
     with contextlib.suppress(OSError, DfirError):  # resume an outbox left by a crash or reboot
         shipping.ensure_shipper(config, store, args["--config"], ossec_dir)
@@ -310,6 +320,14 @@ def main(argv: list[str]) -> int:
     except (OSError, DfirError):
         pass
     return code
+
+
+def _restore_priority(value: str | None) -> None:
+    """Take back the spawner's CPU priority (the worker started niced) before running jobs."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(-20, min(19, int(value or 0))))
+    except (OSError, ValueError):
+        pass
 
 
 def _drain(config: Config, store: Store, slot: dict[str, int | None], config_path: str,
