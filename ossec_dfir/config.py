@@ -24,7 +24,7 @@ _TOP_KEYS = {
     "evidence_root": (str, type(None)), "log_file": (str, type(None)),
     "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,), "max_captures": (int,),
     "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
-    "outcome_linger_s": (int, float),
+    "outcome_linger_s": (int, float), "findings_max_lines": (int,),
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
@@ -72,6 +72,7 @@ class Config:
     check_keys: bool = True
     check_keys_timeout_s: float = 5.0
     outcome_linger_s: float = 600.0
+    findings_max_lines: int = 20
     binaries: dict[str, str] = field(default_factory=dict)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
@@ -252,6 +253,9 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
         value = data.get(key)
         if isinstance(value, int) and not 1 <= value <= 64:
             problems.append(f"{where(key)}: must be between 1 and 64")
+    value = data.get("findings_max_lines")
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 1000:
+        problems.append(f"{where('findings_max_lines')}: must be between 0 and 1000")
     for key in ("evidence_root", "log_file"):
         value = data.get(key)
         if isinstance(value, str) and not os.path.isabs(value):
@@ -340,6 +344,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   check_keys=bool(data.get("check_keys", True)),
                   check_keys_timeout_s=float(data.get("check_keys_timeout_s", 5)),
                   outcome_linger_s=float(data.get("outcome_linger_s", 600)),
+                  findings_max_lines=int(data.get("findings_max_lines", 20)),
                   binaries=dict(binaries) if isinstance(binaries, dict) else {},
                   collectors=dict(collectors) if isinstance(collectors, dict) else {},
                   profiles=profiles, source=source)

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from ..evidence import fs
-from . import delivery, log as arlog
+from . import delivery, findings, log as arlog
 from ..procfs import flocked_files, pid_alive
 from ..config import Config, load
 from ..errors import ConfigError, DfirError, StoreError
@@ -229,6 +229,11 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
             outcome = runner.run_profile(config.profile(request.command))
             outcomes = runner.outcomes
             reason = "; ".join(f"{o.collector}: {o.reason}" for o in outcomes if o.reason)
+            try:  # what was found, before the outcome line that ends the collection
+                findings.report(config, store, incident, request.command,
+                                [f for o in outcomes for f in o.files])
+            except (OSError, ValueError, DfirError) as err:
+                reason = "; ".join(x for x in (reason, f"findings: not reported ({err})") if x)
         tip = incident.record({"type": "outcome", "trigger": job["trigger"],
                                "command": request.command, "outcome": outcome})
         log_outcome(config, request, incident.id, outcome, outcomes, reason, tip, store)
