@@ -65,7 +65,7 @@ def test_conf_snippets_match_the_generator(flavor):
         assert f"<executable>{name}</executable>" in shipped
 
 
-@pytest.mark.parametrize("name", manager.XML_FILES)
+@pytest.mark.parametrize("name", manager.SHIPPED_XML)
 def test_manager_xml_in_etc_is_the_packaged_xml(name):
     shipped = (ROOT / "etc" / "ossec.conf.d" / name).read_text()
     assert shipped == manager.packaged_xml(name), "run `make snippets` after changing the XML"
@@ -81,3 +81,18 @@ def test_decoder_matches_the_outcome_line():
     assert re.match(py, line)
     sample = manager.sample_line("complete")
     assert sample.startswith("ossec-dfir: ") and re.match(py, sample[len("ossec-dfir: "):])
+
+
+def test_finding_decoder_reads_every_field_of_a_finding_line():
+    from ossec_dfir.ar import findings
+    decoder = manager.packaged_xml(manager.FINDINGS_DECODER_XML)
+    assert "<prematch>^ossec-dfir: finding=</prematch>" in decoder
+    regex = re.search(r'<regex offset="after_prematch">\^(.*)</regex>', decoder).group(1)
+    order = re.search(r"<order>(.*)</order>", decoder).group(1).split(", ")
+    assert order == [f"dfir_{name}" for name in findings.FIELDS]
+    line = findings.format_finding(findings.Finding("yara_file", "yara/01/matches.jsonl",
+                                                    "r", None, "/a b=c", "0" * 64),
+                                   "dfir-yara", "i")
+    m = re.match(regex.replace(r"\S+", r"[^\s]+"), line[len("ossec-dfir: finding="):])
+    assert m and m.groups()[0] == "yara_file" and m.groups()[6] == "/a%20b%3Dc"
+    assert "srcip" not in decoder.split("-->")[-1]
