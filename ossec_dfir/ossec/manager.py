@@ -22,6 +22,7 @@ FINDINGS_DECODER_XML = "findings_decoder.xml"
 FINDINGS_RULES_XML = {"ossec": "findings_rules.xml", "wazuh": "findings_rules_wazuh.xml"}
 SHIPPED_XML = (*XML_FILES, FINDINGS_DECODER_XML, *FINDINGS_RULES_XML.values())
 DECODER_NAMES = ("ossec-dfir", "ossec-dfir-outcome", "ossec-dfir-finding")
+HUNT_RULE_ID = "100949"  # the dfir-hunt response's binding; never fires it (no srcip)
 FINDING_RULE_IDS = tuple(str(i) for i in range(100910, 100950))
 RULE_IDS = ("100900", "100901", "100902", "100903", *FINDING_RULE_IDS)
 # rule id -> (level, finding line) of the finding alerts the check must see fire.
