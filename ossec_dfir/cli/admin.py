@@ -17,14 +17,14 @@ from .common import load_config
 def rule_problems(config: Config) -> list[str]:
     """Return the problems of every YARA rules directory the profiles use (file and line)."""
     from ..collectors.yara import rules as _yararules
-    from ..collectors.yara.collector import resolve_rules_dirs
+    from ..collectors.yara.collector import step_rules_dirs
     problems: list[str] = []
     checked: set[tuple[str, ...]] = set()
     for name, profile in sorted(config.profiles.items()):
         for i, step in enumerate(profile.steps):
             if step.collector != "yara":
                 continue
-            dirs = tuple(resolve_rules_dirs(config.ossec_dir, step.params.rules_dirs))
+            dirs = tuple(step_rules_dirs(config.ossec_dir, step.params))
             if dirs in checked:
                 continue
             checked.add(dirs)

@@ -149,6 +149,11 @@ def find_rule_files(dirs: Iterable[str]) -> tuple[list[str], list[str]]:
     for top in dirs:
         try:
             st = os.lstat(top)
+        except FileNotFoundError:
+            if is_shared_dir(top):
+                continue  # no OSSEC install here (yet): nothing pushed, nothing to scan with
+            problems.append(f"{top}: rules directory not usable (No such file or directory)")
+            continue
         except OSError as err:
             problems.append(f"{top}: rules directory not usable ({err.strerror})")
             continue

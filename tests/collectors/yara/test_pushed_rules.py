@@ -80,3 +80,8 @@ def test_a_shared_directory_others_can_write_is_refused(shared, ossec_ids):
     os.chmod(shared, 0o770)
     os.chown(shared, 0, 0)  # group writable, but not by OSSEC's group
     assert any("rules directory refused" in p for p in rules.check_rules([str(shared)]))
+
+
+def test_a_missing_etc_shared_is_no_problem_but_a_missing_local_directory_is(tmp_path):
+    assert rules.find_rule_files([str(tmp_path / "etc" / "shared")]) == ([], [])
+    assert rules.find_rule_files([str(tmp_path / "etc" / "yara")])[1]
