@@ -17,8 +17,8 @@ FINDING = findings.format_finding(
 OUTCOME = (f"ossec-dfir: outcome=complete command=dfir-hunt srcip=203.0.113.77 incident={INC} "
            f"steps=yara:complete manifest_sha256={'c' * 64} reason=\"-\" redelivered=1")
 AGENT_LOC = "(web-1) 127.0.0.1->/var/ossec/logs/active-responses.log"
-FORGED = f"ossec-dfir: finding=yara_file command=x incident=FORGED evidence=- name=n pid=- " \
-         f"path=/p sha256=- rules_sha256=-"
+FORGED = "ossec-dfir: finding=yara_file command=x incident=FORGED evidence=- name=n pid=- " \
+         "path=/p sha256=- rules_sha256=-"
 
 
 def block(n: int, loc: str, rule: str, level: int, line: str) -> str:
