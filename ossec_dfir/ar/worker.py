@@ -229,17 +229,25 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
             outcome = runner.run_profile(config.profile(request.command))
             outcomes = runner.outcomes
             reason = "; ".join(f"{o.collector}: {o.reason}" for o in outcomes if o.reason)
-            try:  # what was found, before the outcome line that ends the collection
-                findings.report(config, store, incident, request.command,
-                                [f for o in outcomes for f in o.files])
-            except (OSError, ValueError, DfirError) as err:
-                reason = "; ".join(x for x in (reason, f"findings: not reported ({err})") if x)
+            reason = report_findings(config, store, incident, request, outcomes, reason)
         tip = incident.record({"type": "outcome", "trigger": job["trigger"],
                                "command": request.command, "outcome": outcome})
         log_outcome(config, request, incident.id, outcome, outcomes, reason, tip, store)
         return outcome
     finally:
         incident.close()
+
+
+def report_findings(config: Config, store: Store, incident: Any, request: Request,
+                    outcomes: list[Any], reason: str) -> str:
+    """Write the finding lines of a job's evidence (before its outcome line); return the
+    outcome's reason, extended when the findings could not be reported."""
+    try:
+        findings.report(config, store, incident, request.command,
+                        [f for o in outcomes for f in o.files])
+    except (OSError, ValueError, DfirError) as err:
+        return "; ".join(x for x in (reason, f"findings: not reported ({err})") if x)
+    return reason
 
 
 def log_outcome(config: Config, request: Request, incident_id: str, outcome: str,

@@ -48,12 +48,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_COMPLETE if not problems else EXIT_BAD_INPUT
 
 
-def _push_rules(inst: Installation, directory: str) -> list[str]:
-    """Check the rules of directory as the agents will, then mirror them into etc/shared/."""
+def _check_push(directory: str) -> None:
+    """Check the rules of directory as the agents will; raise InstallError on any problem."""
     from ..collectors.yara import rules as _yararules
     problems = _yararules.check_rules([os.path.abspath(directory)])
     if problems:
-        raise InstallError("rules not pushed:\n  " + "\n  ".join(problems), EXIT_BAD_INPUT)
+        raise InstallError("rules not pushed, nothing was installed:\n  "
+                           + "\n  ".join(problems), EXIT_BAD_INPUT)
+
+
+def _push_rules(inst: Installation, directory: str) -> list[str]:
+    """Mirror the (checked) rules of directory into the manager's etc/shared/."""
     return push.push_rules(inst, os.path.abspath(directory)) + [
         f"pushed rules reach the agents after a manager restart "
         f"({os.path.join(inst.root, 'bin', inst.flavor + '-control')} restart) and their "
@@ -79,6 +84,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.push_rules and not args.manager:
         raise InstallError("--push-rules goes with --manager (rules are pushed from the "
                            "manager's etc/shared/); nothing was installed", EXIT_BAD_INPUT)
+    if args.push_rules:
+        _check_push(args.push_rules)
     if inst.is_agent and (binds or args.manager):
         raise InstallError(f"{inst.root} is an agent (no {inst.flavor}-analysisd): --bind and "
                            "--manager belong on the manager, whose ossec.conf holds <command> "

@@ -142,3 +142,36 @@ def test_report_writes_the_lines_to_the_log(config, store, incident):
     with open(config.log_file) as fh:
         text = fh.read()
     assert LINE.match(text.splitlines()[-1]).group(5, 7) == ("webshell", "/var/www/x.php")
+
+
+def test_a_collection_writes_its_findings_before_its_outcome_line(tmp_path):
+    pytest.importorskip("yara")
+    from ossec_dfir.cli.main import main
+    rules = tmp_path / "rules"
+    rules.mkdir(mode=0o700)
+    (rules / "t.yar").write_text('rule find_me { strings: $a = "FIND-ME-77" condition: $a }\n')
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    (scan / "new\nossec-dfir: outcome=complete").write_text("xx FIND-ME-77 xx")
+    (scan / "clean").write_text("nothing")
+    evidence = tmp_path / "evidence"
+    evidence.mkdir(mode=0o700)
+    log = tmp_path / "ar.log"
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(f"evidence_root: {evidence}\nlog_file: {log}\nreserve_bytes: 0\n"
+                   "profiles:\n  dfir-ftest:\n    description: t\n    expect: srcip\n"
+                   "    ar_timeout_s: 300\n    steps:\n      - collector: yara\n"
+                   f"        params:\n          rules_dirs: [{rules}]\n          roots: [{scan}]\n"
+                   "          scan_processes: false\n          use_cache: false\n")
+    code = main(["--config", str(cfg), "--ossec-dir", str(tmp_path / "ossec"), "collect",
+                 "dfir-ftest", "--srcip", "203.0.113.9"])
+    assert code == 0
+    lines = [x for x in log.read_text().splitlines() if x.startswith("ossec-dfir: ")]
+    assert len(lines) == 2 and lines[1].startswith("ossec-dfir: outcome=complete ")
+    m = LINE.match(lines[0])
+    assert m and m.group(1, 2, 4, 5) == ("yara_file", "dfir-ftest", "yara/01/matches.jsonl",
+                                          "find_me")
+    assert findings.unquote(m.group(7)) == str(scan / "new\nossec-dfir: outcome=complete").encode()
+    assert f"incident={m.group(3)} " in lines[1]
+    import hashlib
+    assert m.group(9) == hashlib.sha256((rules / "t.yar").read_bytes()).hexdigest()
