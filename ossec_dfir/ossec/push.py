@@ -94,3 +94,14 @@ def push_rules(inst: Installation, directory: str) -> list[str]:
             os.unlink(os.path.join(target, name))
             done.append(f"removed {os.path.join(target, name)} (not in {directory})")
     return done
+
+
+def remove_pushed(inst: Installation) -> list[str]:
+    """Remove the pushed rules (etc/shared/dfir-*.yar(a)) from the manager; return what was done."""
+    target = shared_dir(inst)
+    done = []
+    for name in sorted(os.listdir(target)) if os.path.isdir(target) else []:
+        if name.startswith(PREFIX) and name.endswith(RULE_SUFFIXES):
+            os.unlink(os.path.join(target, name))
+            done.append(f"removed {os.path.join(target, name)} (pushed rules)")
+    return done

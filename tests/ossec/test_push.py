@@ -84,3 +84,10 @@ def test_the_cli_checks_the_rules_first_and_wants_manager(tmp_path, manager, rul
     code = main(["install", "--ossec-dir", manager.root, "--flavor", "ossec",
                  "--push-rules", str(rules), "--allow-unsafe-paths"])
     assert code == 2 and "goes with --manager" in capsys.readouterr().err
+
+
+def test_uninstall_manager_removes_the_pushed_rules_only(manager, rules):
+    push.push_rules(manager, str(rules))
+    done = push.remove_pushed(manager)
+    assert sorted(os.listdir(manager.root + "/etc/shared")) == ["ar.conf"]
+    assert len(done) == 2
