@@ -205,3 +205,16 @@ def _unsafe() -> bool:
     from ossec_dfir.ossec.install import unsafe_code_paths
     return bool(unsafe_code_paths())
 
+
+
+def test_real_logtest_aggregates_a_storm_of_hits(ossec_local) -> None:
+    """Many YARA hits from one place: the single alerts, and one composite (100920) on the 10th."""
+    tree = ossec_local
+    tree.install_dfir(manager=True, edit=False)
+    lines = [findings.format_finding(
+        findings.Finding("yara_file", "yara/01/matches.jsonl", f"rule_{i}", None, f"/tmp/f{i}",
+                         "e" * 64, "2" * 64), "dfir-yara", "20261202T101500Z_203.0.113.7")
+        for i in range(10)]
+    results = tree.logtest(lines)
+    assert [r["rule"] for r in results] == ["100911"] * 9 + ["100920"], results
+    assert results[-1]["level"] == "13"
