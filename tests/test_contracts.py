@@ -96,3 +96,16 @@ def test_finding_decoder_reads_every_field_of_a_finding_line():
     m = re.match(regex.replace(r"\S+", r"[^\s]+"), line[len("ossec-dfir: finding="):])
     assert m and m.groups()[0] == "yara_file" and m.groups()[6] == "/a%20b%3Dc"
     assert "srcip" not in decoder.split("-->")[-1]
+
+
+def test_wazuh_finding_rules_are_the_ossec_ones_with_mitre_ids():
+    def body(name: str) -> str:
+        text = manager.packaged_xml(name).split("-->", 1)[1]
+        return re.sub(r"\s*<mitre>.*?</mitre>", "", text, flags=re.S)
+    ossec, wazuh = manager.FINDINGS_RULES_XML["ossec"], manager.FINDINGS_RULES_XML["wazuh"]
+    assert body(ossec) == body(wazuh)
+    assert "<mitre>" not in manager.packaged_xml(ossec).split("-->", 1)[1]
+    assert manager.packaged_xml(wazuh).count("<mitre>") == 2
+    ids = re.findall(r'<rule id="(\d+)"', body(ossec))
+    assert ids and all(i in manager.FINDING_RULE_IDS for i in ids)
+    assert not re.search(r"<field name=\"[^\"]*srcip", body(ossec))  # no srcip field
