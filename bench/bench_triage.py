@@ -7,7 +7,7 @@ rounds each:
 - ``triage``: the whole collector through the real runner (every section,
   evidence written, hashed and fsynced into a private temporary store);
 - ``triage core``: processes + open files + connections only (the sections
-  lsof and ps cover);
+  lsof and ps cover; executables are hashed in a later section, not here);
 - ``lsof+ps``: ``lsof -n -P`` and ``ps -eo <the same fields>`` run one after
   the other, output read through a pipe.
 
@@ -65,6 +65,7 @@ def time_core() -> tuple[float, float, dict[str, int]]:
         t0, c0 = time.perf_counter(), time.process_time() + _children_cpu()
         for section in (triage._sockets, triage._processes, triage._connections):
             section(snap)
+        snap.hash_queue.close()  # executables are hashed in the full run only
         return (time.perf_counter() - t0, time.process_time() + _children_cpu() - c0,
                 snap.counts)
     finally:

@@ -25,7 +25,7 @@ _TOP_KEYS = {
     "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,), "max_captures": (int,),
     "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
     "outcome_linger_s": (int, float), "findings_max_lines": (int,),
-    "binaries": (dict,), "collectors": (dict,), "profiles": (dict,),
+    "binaries": (dict,), "collectors": (dict,), "profiles": (dict,), "retention": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
 _PROFILE_KEYS = {"description", "steps", "stateful", "expect", "ar_timeout_s"}
@@ -58,6 +58,45 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """The retention block: what ``ossec-dfir prune`` deletes, and whether workers prune."""
+
+    enabled: bool = False
+    incident_age_days: float = 90.0
+    state_age_days: float = 7.0
+    interval_s: float = 3600.0
+
+
+_RETENTION_KEYS = {"enabled": (bool,), "incident_age_days": (int, float),
+                   "state_age_days": (int, float), "interval_s": (int, float)}
+
+
+def _retention(raw: Any, where: Callable[[str], str], grouping_window_s: Any,
+               problems: list[str]) -> Retention:
+    """Validate the retention block; append problems; return the block (defaults on error)."""
+    if not isinstance(raw, dict):
+        return Retention()
+    for key, value in raw.items():
+        types = _RETENTION_KEYS.get(key)
+        if types is None:
+            problems.append(f"{where('retention.' + str(key))}: unknown key "
+                            f"(known: {', '.join(sorted(_RETENTION_KEYS))})")
+        elif not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            problems.append(f"{where('retention.' + key)}: wrong type {type(value).__name__}")
+        elif key != "enabled" and value <= 0:
+            problems.append(f"{where('retention.' + key)}: must be positive")
+    try:
+        policy = Retention(**{k: raw[k] for k in _RETENTION_KEYS if k in raw})
+        window = float(grouping_window_s if isinstance(grouping_window_s, (int, float)) else 3600)
+        if policy.incident_age_days * 86400 <= window:
+            problems.append(f"{where('retention.incident_age_days')}: must be longer than "
+                            "grouping_window_s (a trigger could still join the incident)")
+        return policy
+    except TypeError:
+        return Retention()
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration."""
 
@@ -76,6 +115,7 @@ class Config:
     binaries: dict[str, str] = field(default_factory=dict)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
+    retention: Retention = field(default_factory=Retention)
     source: str = ""
 
     def profile(self, name: str) -> Profile:
@@ -285,6 +325,8 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                 except ConfigError as err:
                     problems.extend(err.problems)
 
+    retention = _retention(data.get("retention") or {}, where, data.get("grouping_window_s"),
+                           problems)
     profiles: dict[str, Profile] = {}
     raw_profiles = data.get("profiles") or {}
     if isinstance(raw_profiles, dict):
@@ -347,4 +389,4 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   findings_max_lines=int(data.get("findings_max_lines", 20)),
                   binaries=dict(binaries) if isinstance(binaries, dict) else {},
                   collectors=dict(collectors) if isinstance(collectors, dict) else {},
-                  profiles=profiles, source=source)
+                  profiles=profiles, retention=retention, source=source)

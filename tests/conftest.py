@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,13 @@ def ar_env(config_file: Path) -> dict[str, str]:
 
 
 __all__ = ["make_request", "evidence_path", "ar_env", "wait_collector_entry", "AR_DIR", "ROOT"]
+
+
+def wait_for(predicate, timeout_s: float = 30.0) -> bool:
+    """Poll predicate every 0.1 s until it is true (True) or timeout_s passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False

@@ -74,7 +74,9 @@ def test_manager_xml_in_etc_is_the_packaged_xml(name):
 def test_decoder_matches_the_outcome_line():
     decoder = manager.packaged_xml(manager.DECODER_XML)
     assert "<prematch>^ossec-dfir: </prematch>" in decoder
-    regex = re.search(r'<regex offset="after_parent">\^(.*)</regex>', decoder).group(1)
+    regexes = re.findall(r'<regex offset="after_parent">\^(.*)</regex>', decoder)
+    assert len(regexes) == 2 and regexes[0].endswith("command=(\\S+) ")  # the id sibling first
+    regex = regexes[-1]  # the dfir_* fields: the last sibling names them
     line = ("outcome=partial command=dfir-pcap srcip=203.0.113.5 incident=20261129T012533Z_"
             "203.0.113.5 steps=pcap:partial manifest_sha256=ab12 reason=\"x\"")
     py = regex.replace(r"\S+", r"[^\s]+")
@@ -109,3 +111,14 @@ def test_wazuh_finding_rules_are_the_ossec_ones_with_mitre_ids():
     ids = re.findall(r'<rule id="(\d+)"', body(ossec))
     assert ids and all(i in manager.FINDING_RULE_IDS for i in ids)
     assert not re.search(r"<field name=\"[^\"]*srcip", body(ossec))  # no srcip field
+
+
+def test_dropped_note_and_failure_lines_match_the_decoder():
+    """The delivery code's dropped note and a worker failure line decode (rules 100904, 100903)."""
+    from ossec_dfir.ar import delivery, log as arlog
+    decoder = manager.packaged_xml(manager.DECODER_XML)
+    py = [r.replace(r"\S+", r"[^\s]+") for r in
+          re.findall(r'<regex offset="after_parent">\^(.*)</regex>', decoder)]
+    for line in (delivery.dropped_note(3), arlog.format_outcome(arlog.failed_fields("-", None, "x"))):
+        assert line.startswith("ossec-dfir: ")
+        assert all(re.match(r, line[len("ossec-dfir: "):]) for r in py), line

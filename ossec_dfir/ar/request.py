@@ -1,6 +1,6 @@
 """Turn an active-response invocation into one validated, frozen Request.
 
-Two protocols (see shared/reference/active-response-protocol.md):
+Two protocols (docs/ossec.md tells how OSSEC and Wazuh start a script):
 
 * OSSEC: ``argv = [script, add|delete, user, srcip, alert_id, rule_id, location...,
   filename...]`` with ``-`` for absent fields; the manual form of

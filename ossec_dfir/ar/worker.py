@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from ..evidence import fs
-from . import delivery, findings, log as arlog
+from . import delivery, findings, log as arlog, prune
 from ..procfs import flocked_files, pid_alive
 from ..config import Config, load
 from ..errors import ConfigError, DfirError, StoreError
@@ -267,7 +267,8 @@ def log_outcome(config: Config, request: Request, incident_id: str, outcome: str
 def main(argv: list[str]) -> int:
     """Worker entry: drain the queue while holding a slot, then deliver kept outcome lines.
 
-    Once the queue is empty and the slot is released, the worker lingers
+    Once the queue is empty and the slot is released, the worker applies the
+    retention block when it is enabled (prune.after_job), then lingers
     (``outcome_linger_s``) while outcome lines written with the install's
     logcollector down are pending, and delivers them when it is back.
     """
@@ -292,6 +293,7 @@ def main(argv: list[str]) -> int:
     if slot["fd"] is not None:  # never linger in a slot
         os.close(slot["fd"])
         slot["fd"] = None
+    prune.after_job(config, store, reap_orphans)  # the retention block, when enabled
     try:
         delivery.recover_claims(store)
         delivery.linger(config, store)

@@ -8,7 +8,10 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_COMPLETE, EXIT_PARTIAL, BadRequest, StoreError
+from ..config import Config
+from ..evidence import retention
 from ..evidence.export import export_incident
+from ..evidence.fs import sha256_path
 from ..evidence.store import INCIDENT_JSON, Store
 from ..evidence.text import display as _d
 from .common import load_config, open_store, print_json, resolve_incident
@@ -105,10 +108,41 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write <incident>.tar.gz and <incident>.tar.gz.sha256."""
-    path = resolve_incident(load_config(args), args.incident)
+    config = load_config(args)
+    path = resolve_incident(config, args.incident)
     out = os.path.abspath(args.output or f"{os.path.basename(path)}.tar.gz")
-    print("\n".join(_d(p) for p in export_incident(path, out)))
+    store = _store_of(config, path)
+    tip = None
+    if store is not None:
+        try:
+            tip = retention.manifest_tip(store, os.path.basename(path))
+        except StoreError:
+            tip = None
+    archive, sums = export_incident(path, out)
+    print("\n".join(_d(p) for p in (archive, sums)))
+    if store is None or tip is None:
+        print("export not recorded: the incident is not in the configured evidence root "
+              "(prune only deletes incidents recorded as exported)")
+        return EXIT_COMPLETE
+    try:
+        digest, size = sha256_path(archive)
+        record = retention.record_export(store, os.path.basename(path), archive, digest, size,
+                                         tip)
+        print(f"export recorded in {_d(record)} (prune may delete the incident once it is "
+              "old enough, as long as nothing is added to it)")
+    finally:
+        store.close()
     return EXIT_COMPLETE
+
+
+def _store_of(config: Config, path: str) -> Store | None:
+    """Return the configured store when path is one of its incidents, else None."""
+    if os.path.realpath(os.path.dirname(path)) != os.path.realpath(config.evidence_root):
+        return None
+    try:
+        return open_store(config)
+    except StoreError:
+        return None
 
 
 def cmd_report(args: argparse.Namespace) -> int:

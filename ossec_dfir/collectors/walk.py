@@ -16,6 +16,14 @@ Usage::
         ...
     walk.summary()   # {"yielded": n, "skipped": {reason: count}, "examples": ..., "stopped": ...}
 
+A directory is read as a stream (``scandir`` on its descriptor), in batches
+of ``LIST_BATCH`` entries, each sorted by name (a whole directory, when it
+holds no more): a directory of millions of entries costs no more memory than
+one of a few thousand; only
+its subdirectories are kept (sorted, to be walked next), and at most
+``MAX_PENDING_DIRS`` directories wait in all, more counted as skipped
+(``max_pending_dirs``).
+
 Consumers add their own skip reasons (``walk.skip("too_large", path)``) so one
 summary accounts for every file the walk saw.
 
@@ -58,10 +66,16 @@ CHANGED = "changed_during_walk"
 HARDLINK = "hard_link_seen"
 SEEN = "already_walked"
 DEPTH = "max_depth"
+PENDING = "max_pending_dirs"
 EXCLUDED = "excluded"
 ERROR = "error"
 
 MAX_EXAMPLES = 5
+# Directories found but not yet walked, at most (their names and lstat results are
+# what a walk keeps in memory; files are never gathered: they stream).
+MAX_PENDING_DIRS = 100000
+# Entries of one directory read (and sorted by name) at a time.
+LIST_BATCH = 4096
 _STOP_CHECK_EVERY = 64
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -215,8 +229,6 @@ class Walk:
                 return
             path, st, depth = stack.pop()
             entries = self._list(path, st, mark=not shallow)
-            if entries is None:
-                continue
             in_shallow = (st.st_dev, st.st_ino) in self._shallow_dirs
             subdirs: list[tuple[str, os.stat_result, int]] = []
             for name, est in entries:
@@ -232,7 +244,10 @@ class Walk:
                         yield child, est
                 elif stat.S_ISDIR(mode):
                     if not shallow and self._enter_ok(child, est, root_st.st_dev, depth + 1):
-                        subdirs.append((child, est, depth + 1))
+                        if len(stack) + len(subdirs) >= MAX_PENDING_DIRS:
+                            self.skip(PENDING, child)
+                        else:
+                            subdirs.append((child, est, depth + 1))
                 elif stat.S_ISLNK(mode):
                     self.skip(SYMLINK, child)
                     if self.include_special:
@@ -241,6 +256,7 @@ class Walk:
                     self.skip(SPECIAL, child)
                     if self.include_special:
                         yield child, est
+            subdirs.sort(key=lambda item: item[0])
             stack.extend(reversed(subdirs))
 
     def _stop_now(self) -> bool:
@@ -340,46 +356,52 @@ class Walk:
         return True
 
     def _list(self, path: str, st: os.stat_result,
-              mark: bool = True) -> list[tuple[str, os.stat_result]] | None:
-        """Return the sorted (name, lstat) entries of a directory, or None (counted).
+              mark: bool = True) -> Iterator[tuple[str, os.stat_result]]:
+        """Yield the (name, lstat) entries of a directory as they are read (counted if not).
 
+        At most ``LIST_BATCH`` entries are held (sorted by name within the
+        batch): the directory stays open while they are yielded (one
+        descriptor: the walk lists one directory at a time).
         mark=False lists a first_dirs directory without claiming it, so that
         the root it lies in still walks it (and its subdirectories) later.
         """
         key = (st.st_dev, st.st_ino)
         if key in self._excluded_keys:
             self.skip(EXCLUDED, path)
-            return None
+            return
         if key in self._seen_dirs:  # a bind mount seen twice
             self.skip(HARDLINK, path)
-            return None
+            return
         if mark:
             self._seen_dirs.add(key)
         try:
             fd = os.open(path, _DIR_FLAGS)
         except OSError as err:
             self.skip(_reason(err), path)
-            return None
-        out: list[tuple[str, os.stat_result]] = []
+            return
         try:
             fst = os.fstat(fd)
             if (fst.st_dev, fst.st_ino) != key:
                 self.skip(CHANGED, path)
-                return None
+                return
             self.dirs += 1
             with os.scandir(fd) as it:
+                batch: list[tuple[str, os.stat_result]] = []
                 for entry in it:
                     try:
-                        out.append((entry.name, entry.stat(follow_symlinks=False)))
+                        batch.append((entry.name, entry.stat(follow_symlinks=False)))
                     except OSError as err:
                         self.skip(_reason(err), path.rstrip("/") + "/" + entry.name)
+                    if len(batch) >= LIST_BATCH:
+                        batch.sort(key=lambda item: item[0])
+                        yield from batch
+                        batch = []
+                batch.sort(key=lambda item: item[0])
+                yield from batch
         except OSError as err:
             self.skip(_reason(err), path)
-            return None
         finally:
             os.close(fd)
-        out.sort(key=lambda item: item[0])
-        return out
 
 
 def _reason(err: OSError) -> str:

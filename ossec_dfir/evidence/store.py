@@ -292,6 +292,10 @@ class Incident:
         finally:
             os.close(fd)
 
+    def tip(self) -> tuple[str, int]:
+        """Return (sha256 of the last manifest line, its seq): what ``--expect-tip`` checks."""
+        return self._tip()
+
     def _tip(self) -> tuple[str, int]:
         """Return (sha256 of the last manifest line, its seq)."""
         try:

@@ -1,4 +1,4 @@
-"""The manager side: the decoders and rules that turn outcome lines into alerts 100901-100903
+"""The manager side: the decoders and rules that turn outcome lines into alerts 100901-100907
 and finding lines into alerts 100910-100949.
 
 The XML ships inside the package (``ossec_dfir/ossec/xml/``); ``etc/ossec.conf.d/``
@@ -24,7 +24,7 @@ SHIPPED_XML = (*XML_FILES, FINDINGS_DECODER_XML, *FINDINGS_RULES_XML.values())
 DECODER_NAMES = ("ossec-dfir", "ossec-dfir-outcome", "ossec-dfir-finding")
 HUNT_RULE_ID = "100949"  # the dfir-hunt response's binding; never fires it (no srcip)
 FINDING_RULE_IDS = tuple(str(i) for i in range(100910, 100950))
-RULE_IDS = ("100900", "100901", "100902", "100903", *FINDING_RULE_IDS)
+RULE_IDS = (*(str(n) for n in range(100900, 100908)), *FINDING_RULE_IDS)
 # rule id -> (level, finding line) of the finding alerts the check must see fire.
 FINDING_RULES = {
     "100911": (12, "finding=yara_file command=dfir-yara incident=20261129T012533Z_203.0.113.5 "
@@ -35,9 +35,13 @@ FINDING_RULES = {
                    f"name=exe_deleted pid=4242 path=/tmp/x sha256={'0' * 64} rules_sha256=-"),
 }
 # rule id -> (level, outcome) of the outcome alerts the check must see fire.
-OUTCOME_RULES = {"100901": (3, "complete"), "100902": (7, "partial"), "100903": (10, "failed")}
+OUTCOME_RULES = {"100901": (3, "complete"), "100902": (7, "partial"), "100903": (10, "failed"),
+                 "100904": (10, "dropped")}
+# rule id -> (level, rule id of the single alert) of the storm rules (10 outcomes of one
+# command within 600 s raise one of these).
+STORM_RULES = {"100905": (5, "100901"), "100906": (9, "100902"), "100907": (12, "100903")}
 _WHAT = {DECODER_XML: "decoders of the outcome and finding lines",
-         RULES_XML: "rules 100900-100903 (outcome alerts), 100910-100949 (finding alerts)"}
+         RULES_XML: "rules 100900-100907 (outcome alerts), 100910-100949 (finding alerts)"}
 
 
 def packaged_xml(name: str) -> str:

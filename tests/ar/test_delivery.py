@@ -26,7 +26,7 @@ from ossec_dfir.collectors.pcap.collector import _judge
 from ossec_dfir.evidence.store import Store
 from ossec_dfir.procfs import pid_alive
 from tests.ar.test_entry import Tree
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 FAKE = ("import os, select, sys\n"
         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
@@ -113,14 +113,6 @@ def outcome_fields(n: int = 0) -> dict[str, object]:
 def lines_of(log: Path) -> list[str]:
     return log.read_text().splitlines()
 
-
-def wait_for(predicate, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # -- detecting the logcollector ------------------------------------------------
@@ -214,7 +206,7 @@ def test_redelivered_line_still_matches_the_shipped_decoder(inst, started):
     [original, again] = lines_of(log)
     xml = (ROOT / "etc" / "ossec.conf.d" / "local_decoder.xml").read_text()
     prematch = re.search(r"<prematch>(.*?)</prematch>", xml).group(1)
-    regex = re.search(r'<regex offset="after_parent">(.*?)</regex>', xml).group(1)
+    regex = re.findall(r'<regex offset="after_parent">(.*?)</regex>', xml)[-1]  # dfir_* fields
     assert re.match(prematch, again)
     rest = again[len("ossec-dfir: "):]
     assert re.match(regex, rest).groups() == re.match(regex, original[len("ossec-dfir: "):]).groups()

@@ -7,13 +7,13 @@ import json
 import os
 import select
 import subprocess
-import time
 
 import pytest
 
 from ossec_dfir.procfs import pid_alive
 from ossec_dfir.evidence.verify import verify
 from tests.ar.test_entry import Tree
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                 reason="captures need root (CI runs as root)")
@@ -55,14 +55,6 @@ def running(tree):
 def running_collectors(tree):
     return [info["collector"] for info in running(tree)]
 
-
-def wait_for(predicate, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def collector_entries(tree, name):

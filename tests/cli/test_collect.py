@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from ossec_dfir.ar.simulate import run_ossec
 from ossec_dfir.cli.main import main
 from ossec_dfir.evidence.verify import verify
 from tests.ar.test_entry import Tree
+from tests.conftest import wait_for
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                 reason="captures need root (CI runs as root)")
@@ -35,14 +35,6 @@ def cli(tree: Tree, *args: str, **kw) -> subprocess.CompletedProcess:
                            str(tree.conf), *args], capture_output=True, text=True,
                           timeout=kw.pop("timeout", 120), stdin=subprocess.DEVNULL, **kw)
 
-
-def wait_for(predicate, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_collect_writes_the_same_outcome_line_as_the_ar(tmp_path):

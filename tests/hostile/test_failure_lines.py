@@ -19,7 +19,8 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 def decoded_failures(lines: list[str]) -> list[tuple[str, ...]]:
     """Return the fields the shipped decoder extracts from each failed outcome line."""
     decoder = manager.packaged_xml(manager.DECODER_XML)
-    regex = re.search(r'<regex offset="after_parent">(.*)</regex>', decoder).group(1)
+    # the last sibling names the dfir_* fields (the first copies the command into id)
+    regex = re.findall(r'<regex offset="after_parent">(.*)</regex>', decoder)[-1]
     regex = regex.replace(r"\S+", r"[^\s]+")
     out = []
     for line in lines:

@@ -17,10 +17,12 @@ raises for one process.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import pwd
 import signal
+import struct
 from typing import Any, Callable, Iterator
 
 from ... import procfs
@@ -34,9 +36,8 @@ CMDLINE_MAX_BYTES = 128 * 1024
 class ProcessReader:
     """Build process and descriptor records; state shared across pids (caches)."""
 
-    def __init__(self, *, exe_hash_max_bytes: int, max_fds_per_process: int,
-                 temp_dirs: tuple[str, ...], open_files: bool) -> None:
-        self.hasher = procfs.ExeHasher(exe_hash_max_bytes)
+    def __init__(self, *, max_fds_per_process: int, temp_dirs: tuple[str, ...],
+                 open_files: bool) -> None:
         self.max_fds = max_fds_per_process
         self.temp_dirs = tuple(d.rstrip("/") + "/" for d in temp_dirs)
         self.open_files = open_files
@@ -93,7 +94,12 @@ class ProcessReader:
 
     def _procfs_fields(self, pid: int, rec: dict[str, Any], failed: dict[str, str],
                        kernel_thread: bool) -> None:
-        """Add root, cgroup, namespaces and the executable's path, flags and hash."""
+        """Add root, cgroup, namespaces and the executable's path, flags and identity.
+
+        The executable is not hashed here (a process is listed whatever its
+        executable costs to read); its identity (``exe_dev``, ``exe_inode``,
+        ``exe_size``, ``exe_key``) lets the hash phase (hashes.py) find it again.
+        """
         base = f"{procfs.PROC}/{pid}/"
         try:
             rec["root"] = os.readlink(base + "root")
@@ -111,7 +117,7 @@ class ProcessReader:
             # One kind of failure names the field; access denied wins (it is a real denial).
             failed["namespaces"] = "access denied" if "access denied" in ns_errors.values() \
                 else sorted(ns_errors.values())[0]
-        rec.update(exe=None, exe_link=None, exe_sha256=None, exe_size=None, exe_inode=None,
+        rec.update(exe=None, exe_link=None, exe_size=None, exe_inode=None, exe_dev=None,
                    exe_deleted=False, exe_replaced=False, exe_memfd=False, exe_in_temp=False)
         if kernel_thread:
             return
@@ -124,18 +130,20 @@ class ProcessReader:
         exe_path = rec["exe"] = (link[:-len(procfs.DELETED_SUFFIX)] if deleted else link) or None
         rec["exe_memfd"] = link.startswith("/memfd:")
         rec["exe_in_temp"] = rec["exe_memfd"] or bool(link.startswith(self.temp_dirs))
-        hashed = self.hasher.hash(pid)
-        rec["exe_sha256"] = hashed.get("exe_sha256")
-        rec["exe_size"] = hashed.get("exe_size")
-        rec["exe_inode"] = hashed.get("exe_inode")
-        if "exe_hash_error" in hashed:
-            rec["exe_hash_error"] = hashed["exe_hash_error"]
-            if hashed["exe_hash_error"] in ("access denied", "process gone"):
-                failed["exe_sha256"] = hashed["exe_hash_error"]
-        rec["exe_deleted"] = deleted or (hashed.get("exe_nlink") == 0
-                                         and not rec["exe_memfd"])
+        nlink = None
+        if link:
+            try:
+                st = os.stat(base + "exe")  # the running inode, even when deleted
+            except OSError as err:
+                failed["exe_stat"] = procfs.error_text(err)
+            else:
+                rec.update(exe_size=st.st_size, exe_inode=st.st_ino, exe_dev=st.st_dev)
+                rec["exe_key"] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                  st.st_ctime_ns]
+                nlink = st.st_nlink
+        rec["exe_deleted"] = deleted or (nlink == 0 and not rec["exe_memfd"])
         if rec["exe_deleted"]:
-            rec["exe_replaced"] = _replaced(exe_path, hashed)
+            rec["exe_replaced"] = _replaced(exe_path, rec)
 
     def _fds(self, pid: int, rec: dict[str, Any],
              failed: dict[str, str]) -> list[dict[str, Any]]:
@@ -195,78 +203,133 @@ def _classify(pid: int, rec: dict[str, Any], failed: dict[str, str]) -> None:
         rec["errors"] = errors
 
 
-def _replaced(exe_path: str | None, hashed: dict[str, Any]) -> bool:
+def _replaced(exe_path: str | None, rec: dict[str, Any]) -> bool:
     """Return True when another file now sits at the deleted executable's path."""
-    if not exe_path or "exe_inode" not in hashed:
+    if not exe_path or rec.get("exe_inode") is None:
         return False
     try:
         st = os.stat(exe_path)
     except OSError:
         return False
-    return (st.st_dev, st.st_ino) != (hashed.get("exe_dev"), hashed.get("exe_inode"))
+    return (st.st_dev, st.st_ino) != (rec.get("exe_dev"), rec.get("exe_inode"))
 
 
 # Below this many processes one reader is fast enough; above, a helper shares the work.
 PARALLEL_MIN_PROCESSES = 256
+# Processes per chunk: the two readers take alternate chunks.
+CHUNK = 32
+# The pipe from the helper holds about a chunk of ordinary records (F_SETPIPE_SZ).
+_PIPE_BYTES = 1 << 20
+_FRAME = struct.Struct("=Q")
+
+_Item = tuple[int, dict[str, Any], list[dict[str, Any]]]
 
 
-def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bool]
-                   ) -> Iterator[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
-    """Yield (pid, record, fd records) for every pid, in pid order.
+def read_processes(reader: ProcessReader, pids: list[int], stop: Callable[[], bool],
+                   stats: dict[str, Any] | None = None) -> Iterator[_Item]:
+    """Yield (pid, record, fd records) for every pid, in pid order, one at a time.
 
-    With more than one CPU and many processes, a forked helper reads the second
-    half while this process reads the first (the records come back pickled
-    through a pipe): the snapshot takes about half the time, with less skew
-    between the first and the last process. If the helper fails, its half is
-    read here. ``stop()`` is polled every 32 processes on both sides.
+    With more than one CPU and many processes, a forked helper reads every
+    other chunk of ``CHUNK`` pids while this process reads the others; the
+    helper sends each process's records as soon as it has them, one pickled
+    frame per process, through a pipe that this side drains chunk by chunk.
+    Nothing is gathered: memory holds one process's records at a time on
+    each side (at most ``max_fds_per_process`` descriptors), whatever the
+    host holds, and the helper waits on the pipe when it runs ahead. If the
+    helper fails or stops, whatever it did not send is read here. ``stop()``
+    is polled every chunk on both sides. When the helper ran to the end, its
+    peak resident memory (kB) is put in ``stats["helper_vm_hwm_kb"]``.
     """
     if len(pids) < PARALLEL_MIN_PROCESSES or (os.cpu_count() or 1) < 2:
         yield from _read_serial(reader, pids, stop)
         return
-    half = len(pids) // 2
-    theirs = pids[half:]
+    chunks = [pids[i:i + CHUNK] for i in range(0, len(pids), CHUNK)]
     read_fd, write_fd = os.pipe()
+    try:
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+    except OSError:
+        pass  # the default pipe size only costs some parallelism
     helper = os.fork()
-    if helper == 0:  # the helper: read, pickle, exit without running any cleanup
+    if helper == 0:  # the helper: read its chunks, send each process, exit without cleanup
         code = 1
         try:
             os.close(read_fd)
-            data = pickle.dumps(list(_read_serial(reader, theirs, stop)),
-                                protocol=pickle.HIGHEST_PROTOCOL)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_fd, view):]
+            for chunk in chunks[1::2]:
+                if stop():
+                    break
+                for item in _read_serial(reader, chunk, lambda: False):
+                    data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                    view = memoryview(_FRAME.pack(len(data)) + data)
+                    while view:
+                        view = view[os.write(write_fd, view):]
+            else:  # every chunk sent: the last frame is the helper's peak memory
+                data = pickle.dumps((-1, {"vm_hwm_kb": vm_hwm_kb()}, []))
+                os.write(write_fd, _FRAME.pack(len(data)) + data)
             code = 0
         finally:
             os._exit(code)
     os.close(write_fd)
-    received: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] | None = None
+    helper_alive = True
     try:
-        yield from _read_serial(reader, pids[:half], stop)
-        chunks = []
-        while True:
-            chunk = os.read(read_fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        _, status = os.waitpid(helper, 0)
-        helper = 0
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            received = pickle.loads(b"".join(chunks))
+        for index, chunk in enumerate(chunks):
+            if index % 2 == 0 or not helper_alive:
+                if stop():
+                    return
+                yield from _read_serial(reader, chunk, lambda: False)
+                continue
+            for n, pid in enumerate(chunk):
+                item = _receive(read_fd)
+                if item is None or item[0] != pid:  # the helper stopped or failed
+                    helper_alive = False
+                    if stop():
+                        return
+                    yield from _read_serial(reader, chunk[n:], lambda: False)
+                    break
+                yield item
+        last = _receive(read_fd) if helper_alive else None
+        if last is not None and last[0] == -1 and stats is not None:
+            stats["helper_vm_hwm_kb"] = last[1].get("vm_hwm_kb")
     finally:
         os.close(read_fd)
-        if helper:  # the caller stopped early: end the helper
-            os.kill(helper, signal.SIGKILL)
-            os.waitpid(helper, 0)
-    if received is None:
-        yield from _read_serial(reader, theirs, stop)
-    else:
-        yield from received
+        os.kill(helper, signal.SIGKILL)  # done, or the caller stopped early
+        os.waitpid(helper, 0)
+
+
+def vm_hwm_kb(pid: int | str = "self") -> int | None:
+    """Return the peak resident memory (VmHWM, kB) of a process, or None."""
+    try:
+        status = procfs.read_bytes(procfs.path(pid, "status"), 1 << 16)
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(b"VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def _receive(fd: int) -> _Item | None:
+    """Return the next process the helper sent, or None at the end of the pipe."""
+    head = _read_exact(fd, _FRAME.size)
+    if head is None:
+        return None
+    data = _read_exact(fd, _FRAME.unpack(head)[0])
+    return None if data is None else pickle.loads(data)
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    parts = []
+    while n > 0:
+        chunk = os.read(fd, min(n, _PIPE_BYTES))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
 
 
 def _read_serial(reader: ProcessReader, pids: list[int], stop: Callable[[], bool]
-                 ) -> Iterator[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+                 ) -> Iterator[_Item]:
     for i, pid in enumerate(pids):
-        if i % 32 == 0 and stop():
+        if i % CHUNK == 0 and stop():
             return
         yield (pid, *reader.read(pid))

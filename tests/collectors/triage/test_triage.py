@@ -25,7 +25,7 @@ LISTEN_IP = "127.0.0.5"
 EXPECTED_FILES = {"connections.jsonl", "unix_sockets.jsonl", "processes.jsonl",
                   "open_files.jsonl", "suspects.jsonl", "interfaces.jsonl", "routes.jsonl",
                   "neighbours.jsonl", "users.jsonl", "auth_log.jsonl", "modules.jsonl",
-                  "mounts.jsonl", "system.json", "summary.json"}
+                  "mounts.jsonl", "exe_hashes.jsonl", "system.json", "summary.json"}
 
 
 def read_jsonl(incident, relpath: str) -> list[dict]:
@@ -102,8 +102,10 @@ def test_snapshot_finds_children_suspects_and_deleted_exe(run_collector, scene):
     assert marked["username"] == "root"
     assert marked["uids"] == {"real": 0, "effective": 0, "saved": 0}
     assert marked["exe"] == os.path.realpath(sys.executable)
-    assert marked["exe_sha256"] == hashlib.sha256(
+    hashes = {r["pid"]: r for r in read_jsonl(incident, f"{run}/exe_hashes.jsonl")}
+    assert hashes[scene["marked"].pid]["exe_sha256"] == hashlib.sha256(
         Path(os.path.realpath(sys.executable)).read_bytes()).hexdigest()
+    assert "exe_sha256" not in marked  # listed first; hashed in the hash phase
     assert marked["exe_deleted"] is False and marked["exe_in_temp"] is False
     assert marked["create_time"].endswith("Z") and marked["status"] in ("sleeping", "running")
     assert marked["rss"] > 0 and marked["vms"] > 0 and marked["num_threads"] >= 1
@@ -115,7 +117,10 @@ def test_snapshot_finds_children_suspects_and_deleted_exe(run_collector, scene):
     assert gone["exe_deleted"] is True
     assert gone["exe_in_temp"] is True
     assert gone["exe_link"] == scene["exe"] + " (deleted)"
-    assert gone["exe_sha256"] == scene["exe_sha256"]
+    assert hashes[gone["pid"]]["exe_sha256"] == scene["exe_sha256"]
+    assert hashes[gone["pid"]]["priority"] == "deleted"
+    assert set(hashes) == {p for p, r in procs.items() if not (
+        r.get("kernel_thread") or r.get("vanished") or r.get("zombie"))}
     assert gone["exe_replaced"] is False
 
     conns = read_jsonl(incident, f"{run}/connections.jsonl")
@@ -190,16 +195,18 @@ def test_vanished_pid_is_recorded_not_fatal():
     from ossec_dfir.collectors.triage.procs import ProcessReader
     proc = subprocess.Popen(["/bin/true"])
     proc.wait()
-    reader = ProcessReader(exe_hash_max_bytes=1 << 20, max_fds_per_process=10,
+    reader = ProcessReader(max_fds_per_process=10,
                            temp_dirs=("/tmp",), open_files=True)
     rec, fds = reader.read(proc.pid)
     assert rec == {"pid": proc.pid, "vanished": True} and fds == []
 
 
-def test_exe_hash_limit_is_reported(tmp_path):
-    hasher = procfs.ExeHasher(max_bytes=10)
-    out = hasher.hash(os.getpid())
-    assert out["exe_sha256"] is None and "exe_hash_max_bytes=10" in out["exe_hash_error"]
+def test_exe_hash_limit_is_reported(run_collector):
+    outcome, incident = run_collector("triage", {"open_files": False,
+                                                 "exe_hash_max_bytes": 10})
+    mine = [r for r in read_jsonl(incident, "triage/01/exe_hashes.jsonl")
+            if r["pid"] == os.getpid()][0]
+    assert mine["exe_sha256"] is None and "exe_hash_max_bytes=10" in mine["reason"]
 
 
 def test_non_root_run_is_partial_with_denied_fields_marked(config, scene):
@@ -252,8 +259,11 @@ def test_non_root_run_is_partial_with_denied_fields_marked(config, scene):
                                           (run / "processes.jsonl").read_text().splitlines())}
         marked = procs[scene["marked"].pid]  # root's child, seen by nobody
         assert marked["cmdline"][-1] == scene["marker"]
-        assert {"exe", "cwd", "root", "exe_sha256"} <= set(marked["denied"])
-        assert marked["exe"] is None and marked["exe_sha256"] is None
+        assert {"exe", "cwd", "root"} <= set(marked["denied"])
+        assert marked["exe"] is None
+        hashes = {r["pid"]: r for r in map(
+            json.loads, (run / "exe_hashes.jsonl").read_text().splitlines())}
+        assert hashes[marked["pid"]]["reason"] == "executable not readable (exe: access denied)"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["uid"] == nobody.pw_uid
         assert summary["counts"]["processes_with_denied_fields"] > 0
@@ -299,7 +309,7 @@ def test_zombie_is_recorded_as_such():
         assert time.monotonic() < deadline
         time.sleep(0.01)
     try:
-        reader = ProcessReader(exe_hash_max_bytes=1 << 20, max_fds_per_process=10,
+        reader = ProcessReader(max_fds_per_process=10,
                                temp_dirs=("/tmp",), open_files=True)
         rec, fds = reader.read(proc.pid)
         assert rec["status"] == "zombie" and rec["ppid"] == os.getpid()

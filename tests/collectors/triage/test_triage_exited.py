@@ -33,7 +33,7 @@ def _wait_state(pid: int, want: bytes, timeout_s: float = 10.0) -> None:
 
 
 def _reader() -> ProcessReader:
-    return ProcessReader(exe_hash_max_bytes=1 << 20, max_fds_per_process=64,
+    return ProcessReader(max_fds_per_process=64,
                          temp_dirs=("/tmp",), open_files=True)
 
 

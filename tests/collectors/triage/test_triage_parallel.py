@@ -10,7 +10,7 @@ from ossec_dfir.collectors.triage.procs import ProcessReader, read_processes
 
 
 def reader():
-    return ProcessReader(exe_hash_max_bytes=1 << 20, max_fds_per_process=64,
+    return ProcessReader(max_fds_per_process=64,
                          temp_dirs=("/tmp",), open_files=True)
 
 
