@@ -22,7 +22,7 @@ _TOP_KEYS = {
     "evidence_root": (str, type(None)), "log_file": (str, type(None)),
     "grouping_window_s": (int, float), "reserve_bytes": (int,), "max_workers": (int,), "max_captures": (int,),
     "queue_max_age_s": (int, float), "check_keys": (bool,), "check_keys_timeout_s": (int, float),
-    "outcome_linger_s": (int, float), "ship": (list, type(None)),
+    "outcome_linger_s": (int, float), "ship": (list, type(None)), "findings_max_lines": (int,),
     "binaries": (dict,), "collectors": (dict,), "profiles": (dict,), "retention": (dict,),
 }
 _STEP_KEYS = {"collector", "params", "background"}
@@ -139,6 +139,7 @@ class Settings:
 class Config(Settings):
     """The validated configuration."""
 
+    findings_max_lines: int = 20
     binaries: dict[str, str] = field(default_factory=dict)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
@@ -340,6 +341,9 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
         value = data.get(key)
         if isinstance(value, int) and not 1 <= value <= 64:
             problems.append(f"{where(key)}: must be between 1 and 64")
+    value = data.get("findings_max_lines")
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 1000:
+        problems.append(f"{where('findings_max_lines')}: must be between 0 and 1000")
     for key in ("evidence_root", "log_file"):
         value = data.get(key)
         if isinstance(value, str) and not os.path.isabs(value):
@@ -431,6 +435,7 @@ def validate(data: dict[str, Any], source: str, ossec_dir: str,
                   check_keys=bool(data.get("check_keys", True)),
                   check_keys_timeout_s=float(data.get("check_keys_timeout_s", 5)),
                   outcome_linger_s=float(data.get("outcome_linger_s", 600)),
+                  findings_max_lines=int(data.get("findings_max_lines", 20)),
                   binaries=dict(binaries) if isinstance(binaries, dict) else {},
                   collectors=dict(collectors) if isinstance(collectors, dict) else {},
                   profiles=profiles, retention=retention, source=source, ship=ship,

@@ -65,7 +65,7 @@ def test_conf_snippets_match_the_generator(flavor):
         assert f"<executable>{name}</executable>" in shipped
 
 
-@pytest.mark.parametrize("name", manager.XML_FILES)
+@pytest.mark.parametrize("name", manager.SHIPPED_XML)
 def test_manager_xml_in_etc_is_the_packaged_xml(name):
     shipped = (ROOT / "etc" / "ossec.conf.d" / name).read_text()
     assert shipped == manager.packaged_xml(name), "run `make snippets` after changing the XML"
@@ -83,6 +83,34 @@ def test_decoder_matches_the_outcome_line():
     assert re.match(py, line)
     sample = manager.sample_line("complete")
     assert sample.startswith("ossec-dfir: ") and re.match(py, sample[len("ossec-dfir: "):])
+
+
+def test_finding_decoder_reads_every_field_of_a_finding_line():
+    from ossec_dfir.ar import findings
+    decoder = manager.packaged_xml(manager.FINDINGS_DECODER_XML)
+    assert "<prematch>^ossec-dfir: finding=</prematch>" in decoder
+    regex = re.search(r'<regex offset="after_prematch">\^(.*)</regex>', decoder).group(1)
+    order = re.search(r"<order>(.*)</order>", decoder).group(1).split(", ")
+    assert order == [f"dfir_{name}" for name in findings.FIELDS]
+    line = findings.format_finding(findings.Finding("yara_file", "yara/01/matches.jsonl",
+                                                    "r", None, "/a b=c", "0" * 64),
+                                   "dfir-yara", "i")
+    m = re.match(regex.replace(r"\S+", r"[^\s]+"), line[len("ossec-dfir: finding="):])
+    assert m and m.groups()[0] == "yara_file" and m.groups()[6] == "/a%20b%3Dc"
+    assert "srcip" not in decoder.split("-->")[-1]
+
+
+def test_wazuh_finding_rules_are_the_ossec_ones_with_mitre_ids():
+    def body(name: str) -> str:
+        text = manager.packaged_xml(name).split("-->", 1)[1]
+        return re.sub(r"\s*<mitre>.*?</mitre>", "", text, flags=re.S)
+    ossec, wazuh = manager.FINDINGS_RULES_XML["ossec"], manager.FINDINGS_RULES_XML["wazuh"]
+    assert body(ossec) == body(wazuh)
+    assert "<mitre>" not in manager.packaged_xml(ossec).split("-->", 1)[1]
+    assert manager.packaged_xml(wazuh).count("<mitre>") == 2
+    ids = re.findall(r'<rule id="(\d+)"', body(ossec))
+    assert ids and all(i in manager.FINDING_RULE_IDS for i in ids)
+    assert not re.search(r"<field name=\"[^\"]*srcip", body(ossec))  # no srcip field
 
 
 def test_dropped_note_and_failure_lines_match_the_decoder():

@@ -62,3 +62,10 @@ def outcome(config: Settings, fields: dict[str, object], store: Store | None = N
     """Write an outcome line to config.log_file, kept for redelivery while no
     logcollector of the install reads the log; return True when it reached the log."""
     return delivery.write_outcome(config, format_outcome(fields), store)
+
+
+def outcome_line(config: Settings, line: str, store: Store | None = None) -> bool:
+    """Write a line already formatted (a finding line) like an outcome line, kept for
+    redelivery; return True when it reached the log."""
+    return delivery.write_outcome(config, line.replace("\n", " ").replace("\r", " ")
+                                  [:MAX_LINE_CHARS], store)

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from ..evidence import fs
-from . import delivery, log as arlog, prune, shipping
+from . import delivery, findings, log as arlog, prune, shipping
 from ..procfs import flocked_files, pid_alive
 from ..config import DEFAULT_CONFIG, Config, load
 from ..errors import ConfigError, DfirError, StoreError
@@ -239,6 +239,7 @@ def run_job(config: Config, store: Store, job: dict[str, Any],
             outcome = runner.run_profile(config.profile(request.command))
             outcomes = runner.outcomes
             reason = "; ".join(f"{o.collector}: {o.reason}" for o in outcomes if o.reason)
+            reason = report_findings(config, store, incident, request, outcomes, reason)
         tip = incident.record({"type": "outcome", "trigger": job["trigger"],
                                "command": request.command, "outcome": outcome})
         extra = {}
@@ -265,6 +266,18 @@ def _start_shipping(config: Config, store: Store, incident_id: str) -> None:
         shipping.ensure_shipper(config, store, source, config.ossec_dir)
     except (OSError, DfirError, ValueError):
         pass
+
+
+def report_findings(config: Config, store: Store, incident: Any, request: Request,
+                    outcomes: list[Any], reason: str) -> str:
+    """Write the finding lines of a job's evidence (before its outcome line); return the
+    outcome's reason, extended when the findings could not be reported."""
+    try:
+        findings.report(config, store, incident, request.command,
+                        [f for o in outcomes for f in o.files])
+    except (OSError, ValueError, DfirError) as err:
+        return "; ".join(x for x in (reason, f"findings: not reported ({err})") if x)
+    return reason
 
 
 def log_outcome(config: Config, request: Request, incident_id: str, outcome: str,

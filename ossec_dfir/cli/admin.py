@@ -9,22 +9,22 @@ from ..ar.simulate import find_script, ossec_argv, run_ossec, run_wazuh, wazuh_m
 from ..config import Config, timeout_notes
 from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE, InstallError
 from ..ossec import install as ossec_install
-from ..ossec import conftext, files, manager, ossecconf, snippets
-from ..ossec.layout import installation
+from ..ossec import conftext, files, manager, ossecconf, push, snippets
+from ..ossec.layout import Installation, installation
 from .common import load_config
 
 
 def rule_problems(config: Config) -> list[str]:
     """Return the problems of every YARA rules directory the profiles use (file and line)."""
     from ..collectors.yara import rules as _yararules
-    from ..collectors.yara.collector import resolve_rules_dirs
+    from ..collectors.yara.collector import step_rules_dirs
     problems: list[str] = []
     checked: set[tuple[str, ...]] = set()
     for name, profile in sorted(config.profiles.items()):
         for i, step in enumerate(profile.steps):
             if step.collector != "yara":
                 continue
-            dirs = tuple(resolve_rules_dirs(config.ossec_dir, step.params.rules_dirs))
+            dirs = tuple(step_rules_dirs(config.ossec_dir, step.params))
             if dirs in checked:
                 continue
             checked.add(dirs)
@@ -48,10 +48,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_COMPLETE if not problems else EXIT_BAD_INPUT
 
 
+def _check_push(directory: str) -> None:
+    """Check the rules of directory as the agents will; raise InstallError on any problem."""
+    from ..collectors.yara import rules as _yararules
+    problems = _yararules.check_rules([os.path.abspath(directory)])
+    if problems:
+        raise InstallError("rules not pushed, nothing was installed:\n  "
+                           + "\n  ".join(problems), EXIT_BAD_INPUT)
+
+
+def _push_rules(inst: Installation, directory: str) -> list[str]:
+    """Mirror the (checked) rules of directory into the manager's etc/shared/."""
+    return push.push_rules(inst, os.path.abspath(directory)) + [
+        f"pushed rules reach the agents after a manager restart "
+        f"({os.path.join(inst.root, 'bin', inst.flavor + '-control')} restart) and their "
+        "next keepalive; profiles with the rules_dirs entry etc/shared (dfir-hunt) use them"]
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     """Install the AR executables and config into --ossec-dir; with options, edit and check OSSEC's files."""
     config = load_config(args)
     binds = snippets.parse_binds(args.bind or [], config)
+    if args.push_rules and "dfir-hunt" in config.profiles and \
+            not any(b.command == "dfir-hunt" for b in binds):
+        binds.append(snippets.Binding("dfir-hunt", (manager.HUNT_RULE_ID,)))
     problems = ossec_install.unsafe_code_paths() if os.geteuid() == 0 else []
     if problems and not args.allow_unsafe_paths:
         print("refusing to install: execd would run, as root, code that others can change:")
@@ -61,6 +81,11 @@ def cmd_install(args: argparse.Namespace) -> int:
               "--allow-unsafe-paths for a test tree")
         return 2
     inst = installation(args.ossec_dir, args.flavor)
+    if args.push_rules and not args.manager:
+        raise InstallError("--push-rules goes with --manager (rules are pushed from the "
+                           "manager's etc/shared/); nothing was installed", EXIT_BAD_INPUT)
+    if args.push_rules:
+        _check_push(args.push_rules)
     if inst.is_agent and (binds or args.manager):
         raise InstallError(f"{inst.root} is an agent (no {inst.flavor}-analysisd): --bind and "
                            "--manager belong on the manager, whose ossec.conf holds <command> "
@@ -71,6 +96,9 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(line)
     if args.manager:
         for line in manager.install_manager(inst):
+            print(line)
+    if args.push_rules:
+        for line in _push_rules(inst, args.push_rules):
             print(line)
     if args.edit_ossec_conf:
         for line in ossecconf.edit(inst, config, binds):
@@ -155,6 +183,10 @@ def add_parsers(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("--manager", action="store_true",
                    help="merge the outcome decoder and rules into the manager's local files "
                         "and check them with logtest")
+    p.add_argument("--push-rules", metavar="DIR",
+                   help="with --manager: check the YARA rules of DIR and mirror them into the "
+                        "manager's etc/shared/ as dfir-*.yar, which OSSEC copies to every "
+                        "agent (README \"Hunting\")")
     p.add_argument("--allow-unsafe-paths", action="store_true",
                    help="install even if the interpreter or package is writable by non-root")
     p.set_defaults(func=cmd_install)

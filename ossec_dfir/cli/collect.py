@@ -34,7 +34,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from ..config import DEFAULT_CONFIG, Profile, Step
     from ..ar.request import Request, check_filename, parse_ip
     from ..ar.runner import Runner
-    from ..ar.worker import log_outcome
+    from ..ar.worker import log_outcome, report_findings
 
     config = load_config(args)
     params = _parse_params(args.param)
@@ -92,6 +92,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     tip = incident.record({"type": "outcome", "trigger": trigger["trigger_id"],
                            "command": req.command, "outcome": outcome})
     reason = "; ".join(f"{o.collector}: {o.reason}" for o in runner.outcomes if o.reason)
+    reason = report_findings(config, store, incident, req, runner.outcomes, reason)
     log_outcome(config, req, incident.id, outcome, runner.outcomes, reason, tip)
     incident.close()
     for o in runner.outcomes:

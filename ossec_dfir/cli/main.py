@@ -1,5 +1,5 @@
 """The ``ossec-dfir`` command: collect by hand, list, show, verify, export, report, status, stop,
-install, check-config, simulate, demo, prune, ship, ship-status, fetch."""
+install, check-config, simulate, demo, prune, ship, ship-status, fetch, fleet."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from .. import __version__
 from ..config import ENV_CONFIG
 from ..errors import EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_STORE, BadRequest, ConfigError, DfirError, \
     StoreError
-from . import admin, collect, demo, incidents, retention, ship
+from . import admin, collect, demo, fleet, incidents, retention, ship
 from .common import resolve_ossec_dir
 
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "is <dir>/etc/ossec-dfir.yml, else /var/ossec)")
     parents = [common]
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for module in (collect, incidents, admin, demo, retention, ship):
+    for module in (collect, incidents, admin, demo, retention, ship, fleet):
         module.add_parsers(sub, parents)
     return parser
 

@@ -18,7 +18,7 @@ import sys
 from ..config import DEFAULT_CONFIG, Config
 from .. import trust
 from ..errors import InstallError
-from . import files, manager, ossecconf, snippets
+from . import files, manager, ossecconf, push, snippets
 from .layout import Installation
 
 # The example YARA rules shipped in etc/yara/ (the package carries them too).
@@ -151,6 +151,7 @@ def uninstall(ossec_dir: str, flavor: str = "ossec", edit_ossec_conf: bool = Fal
         done += ossecconf.unedit(inst)
     if manager_xml:
         done += manager.uninstall_manager(inst)
+        done += push.remove_pushed(inst)
     names = sorted(os.listdir(inst.ar_bin_dir)) if os.path.isdir(inst.ar_bin_dir) else []
     for name in names:
         path = os.path.join(inst.ar_bin_dir, name)

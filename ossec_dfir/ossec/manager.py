@@ -1,4 +1,5 @@
-"""The manager side: the decoder and rules that turn outcome lines into alerts 100901-100907.
+"""The manager side: the decoders and rules that turn outcome lines into alerts 100901-100907
+and finding lines into alerts 100910-100949.
 
 The XML ships inside the package (``ossec_dfir/ossec/xml/``); ``etc/ossec.conf.d/``
 holds the same text. install merges it between markers into the files the
@@ -17,22 +18,45 @@ from .layout import Installation
 XML_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xml")
 DECODER_XML, RULES_XML = "local_decoder.xml", "local_rules.xml"
 XML_FILES = (DECODER_XML, RULES_XML)
-DECODER_NAMES = ("ossec-dfir", "ossec-dfir-outcome")
-RULE_IDS = tuple(str(n) for n in range(100900, 100908))
+FINDINGS_DECODER_XML = "findings_decoder.xml"
+FINDINGS_RULES_XML = {"ossec": "findings_rules.xml", "wazuh": "findings_rules_wazuh.xml"}
+SHIPPED_XML = (*XML_FILES, FINDINGS_DECODER_XML, *FINDINGS_RULES_XML.values())
+DECODER_NAMES = ("ossec-dfir", "ossec-dfir-outcome", "ossec-dfir-finding")
+HUNT_RULE_ID = "100949"  # the dfir-hunt response's binding; never fires it (no srcip)
+FINDING_RULE_IDS = tuple(str(i) for i in range(100910, 100950))
+RULE_IDS = (*(str(n) for n in range(100900, 100908)), *FINDING_RULE_IDS)
+# rule id -> (level, finding line) of the finding alerts the check must see fire.
+FINDING_RULES = {
+    "100911": (12, "finding=yara_file command=dfir-yara incident=20261129T012533Z_203.0.113.5 "
+                   "evidence=yara/01/matches.jsonl name=sample_rule pid=- "
+                   f"path=/tmp/sample%20file sha256={'0' * 64} rules_sha256={'0' * 64}"),
+    "100915": (10, "finding=suspect_process command=dfir-triage "
+                   "incident=20261129T012533Z_203.0.113.5 evidence=triage/01/processes.jsonl "
+                   f"name=exe_deleted pid=4242 path=/tmp/x sha256={'0' * 64} rules_sha256=-"),
+}
 # rule id -> (level, outcome) of the outcome alerts the check must see fire.
 OUTCOME_RULES = {"100901": (3, "complete"), "100902": (7, "partial"), "100903": (10, "failed"),
                  "100904": (10, "dropped")}
 # rule id -> (level, rule id of the single alert) of the storm rules (10 outcomes of one
 # command within 600 s raise one of these).
 STORM_RULES = {"100905": (5, "100901"), "100906": (9, "100902"), "100907": (12, "100903")}
-_WHAT = {DECODER_XML: "decoder of the outcome lines",
-         RULES_XML: "rules 100900-100907 (outcome alerts)"}
+_WHAT = {DECODER_XML: "decoders of the outcome and finding lines",
+         RULES_XML: "rules 100900-100907 (outcome alerts), 100910-100949 (finding alerts)"}
 
 
 def packaged_xml(name: str) -> str:
     """Return the text of a decoder/rules file shipped in the package."""
     with open(os.path.join(XML_DIR, name), encoding="utf-8") as fh:
         return fh.read()
+
+
+def block_text(name: str, flavor: str) -> str:
+    """Return what goes between the markers of a target file: the outcome XML and the
+    findings XML of the flavour (the finding decoder first: analysisd takes the first
+    top-level decoder whose prematch matches, and ``ossec-dfir: `` matches finding lines too)."""
+    if name == DECODER_XML:
+        return packaged_xml(FINDINGS_DECODER_XML).rstrip() + "\n\n" + packaged_xml(name)
+    return packaged_xml(name).rstrip() + "\n\n" + packaged_xml(FINDINGS_RULES_XML[flavor])
 
 
 def sample_line(outcome: str) -> str:
@@ -63,6 +87,9 @@ def _check(inst: Installation, fires: bool) -> list[checks.Check]:
     if fires and all(c.ok for c in results):
         results += [checks.logtest(inst, sample_line(outcome), rule_id, level, "ossec-dfir")
                     for rule_id, (level, outcome) in OUTCOME_RULES.items()]
+        results += [checks.logtest(inst, "ossec-dfir: " + line, rule_id, level,
+                                   "ossec-dfir-finding")
+                    for rule_id, (level, line) in FINDING_RULES.items()]
     return results
 
 
@@ -107,7 +134,7 @@ def install_manager(inst: Installation) -> list[str]:
                                f"{inst.flavor} manager? (--flavor)", EXIT_BAD_INPUT)
         text = files.read_text(path)
         problems += clashes(name, text or "", path)
-        block = conftext.marked_block(_WHAT[name], packaged_xml(name))
+        block = conftext.marked_block(_WHAT[name], block_text(name, inst.flavor))
         new = conftext.replace(text or "", block, path)
         if new != text:
             new_texts[path] = new

@@ -139,7 +139,7 @@ def write_snippets(directory: str) -> list[str]:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(conf_snippet(config, flavor))
         paths.append(path)
-    for name in manager.XML_FILES:
+    for name in manager.SHIPPED_XML:
         path = os.path.join(directory, name)
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(manager.packaged_xml(name))

@@ -92,13 +92,17 @@ def _block(block: Block) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     """Return the report as one self-contained HTML document."""
-    blocks = layout(report)
+    return page(f"ossec-dfir report {report.get('incident')}", layout(report))
+
+
+def page(title_text: str, blocks: list[Block]) -> str:
+    """Return blocks as one self-contained HTML document (CSP: no fetch, no script)."""
     toc = [(b.anchor, b.title) for b in blocks if b.kind == "heading"]
     body = [_block(b) for b in blocks]
     nav = "<nav>" + "".join(f'<a href="#{_e(a)}">{_e(t)}</a>' for a, t in toc) + "</nav>"
     if len(body) > 2:
         body.insert(2, nav)
-    title = _e(text(f"ossec-dfir report {report.get('incident')}", 200))
+    title = _e(text(title_text, 200))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
             '<meta name="referrer" content="no-referrer">\n'

@@ -51,6 +51,7 @@ class YaraParams(Params):
 
     timeout_s: float = 900.0
     rules_dirs: tuple[str, ...] = ("etc/yara",)
+    pushed_rules: bool = False         # also the manager's rules: etc/shared/dfir-*.yar (README "Hunting")
     roots: tuple[str, ...] = DEFAULT_ROOTS
     exclude: tuple[str, ...] = ()
     scan_alert_file: bool = True
@@ -101,9 +102,16 @@ def resolve_rules_dirs(ossec_dir: str, dirs: tuple[str, ...]) -> list[str]:
     return [d if os.path.isabs(d) else os.path.join(ossec_dir, d) for d in dirs]
 
 
+def step_rules_dirs(ossec_dir: str, params: YaraParams) -> list[str]:
+    """Return the rule directories of a step: rules_dirs, then etc/shared with pushed_rules."""
+    dirs = resolve_rules_dirs(ossec_dir, params.rules_dirs)
+    shared = os.path.join(ossec_dir, _yararules.SHARED_DIR)
+    return dirs + [shared] if params.pushed_rules and shared not in dirs else dirs
+
+
 def rules_dirs(ctx: Context, params: YaraParams) -> list[str]:
     """Return the rule directories of this run."""
-    return resolve_rules_dirs(ctx.config.ossec_dir, params.rules_dirs)
+    return step_rules_dirs(ctx.config.ossec_dir, params)
 
 
 _STOPPED = "stopped_before_scan"

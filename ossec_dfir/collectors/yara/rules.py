@@ -74,11 +74,47 @@ class LoadedRules:
                 "notes": self.notes}
 
 
-def _unsafe(st: os.stat_result) -> str | None:
-    """Return why a rule file or directory is refused, or None."""
-    if st.st_uid not in (0, os.geteuid()):
-        return f"owned by uid {st.st_uid}, not by root or us"
-    if st.st_mode & 0o022:
+# Rules pushed by the manager: OSSEC's agent daemon writes the files of the
+# manager's etc/shared/ into the agent's etc/shared/ (flat, as its own user,
+# in a directory its group may write). Only files named dfir-*.yar(a) there are
+# rules; their owner may be that daemon user, nobody else but root.
+SHARED_DIR = os.path.join("etc", "shared")
+SHARED_PREFIX = "dfir-"
+DAEMON_USERS = ("ossec", "wazuh")
+
+
+def is_shared_dir(path: str) -> bool:
+    """Return whether a rules directory is an OSSEC/Wazuh install's etc/shared."""
+    return os.path.normpath(path).endswith(os.sep + SHARED_DIR)
+
+
+def _daemon_ids() -> tuple[set[int], set[int]]:
+    """Return the uids and gids of OSSEC's and Wazuh's daemon users on this host."""
+    import grp
+    import pwd
+    uids: set[int] = set()
+    gids: set[int] = set()
+    for name in DAEMON_USERS:
+        with contextlib.suppress(KeyError):
+            uids.add(pwd.getpwnam(name).pw_uid)
+        with contextlib.suppress(KeyError):
+            gids.add(grp.getgrnam(name).gr_gid)
+    return uids, gids
+
+
+def _unsafe(st: os.stat_result, shared: bool = False) -> str | None:
+    """Return why a rule file or directory is refused, or None.
+
+    Local rules: owned by root (or us), writable by nobody else. Pushed rules
+    (``shared``): the owner may also be the OSSEC daemon user, and the
+    directory (not a file) may be writable by the daemon's group.
+    """
+    uids, gids = _daemon_ids() if shared else (set(), set())
+    if st.st_uid not in {0, os.geteuid()} | uids:
+        return f"owned by uid {st.st_uid}, not by root or us" + \
+            (" or the OSSEC user" if shared else "")
+    mask = 0o002 if shared and stat.S_ISDIR(st.st_mode) and st.st_gid in gids else 0o022
+    if st.st_mode & mask:
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
@@ -90,7 +126,7 @@ def _read_checked(path: str) -> tuple[bytes, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
-        why = _unsafe(st)
+        why = _unsafe(st, is_shared_dir(os.path.dirname(path)))
         if why:
             raise ValueError(why)
         if st.st_size > MAX_RULE_FILE_BYTES:
@@ -113,20 +149,30 @@ def find_rule_files(dirs: Iterable[str]) -> tuple[list[str], list[str]]:
     for top in dirs:
         try:
             st = os.lstat(top)
+        except FileNotFoundError:
+            if is_shared_dir(top):
+                continue  # no OSSEC install here (yet): nothing pushed, nothing to scan with
+            problems.append(f"{top}: rules directory not usable (No such file or directory)")
+            continue
         except OSError as err:
             problems.append(f"{top}: rules directory not usable ({err.strerror})")
             continue
         if not stat.S_ISDIR(st.st_mode):
             problems.append(f"{top}: rules directory is not a directory (links are not followed)")
             continue
+        shared = is_shared_dir(top)
         for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-            why = _unsafe(os.lstat(dirpath))
+            why = _unsafe(os.lstat(dirpath), shared)
             if why:
                 problems.append(f"{dirpath}: rules directory refused: {why}")
                 dirnames[:] = []
                 continue
             dirnames.sort()
+            if shared:
+                dirnames[:] = []  # OSSEC pushes a flat directory
             for name in sorted(filenames):
+                if shared and not name.startswith(SHARED_PREFIX):
+                    continue
                 if name.endswith(RULE_SUFFIXES) and not name.startswith("."):
                     files.append(os.path.join(dirpath, name))
     if len(files) > MAX_RULE_FILES:
