@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from ..evidence import fs
-from . import delivery, findings, log as arlog, prune, shipping
+from . import delivery, log as arlog
 from ..procfs import flocked_files, pid_alive
 from ..config import DEFAULT_CONFIG, Config, load
 from ..errors import ConfigError, DfirError, StoreError
@@ -221,6 +221,7 @@ def spawn(slot_fd: int, config_path: str, ossec_dir: str) -> int:
 def run_job(config: Config, store: Store, job: dict[str, Any],
             slot_fds: tuple[int, ...] = (), handoff: Any = None) -> str:
     """Run one job's profile in its incident and log the outcome line."""
+    from . import shipping  # not on the AR hot path
     request = Request.from_record(job["request"])
     incident = store.open_incident(job["incident"])
     try:
@@ -257,6 +258,7 @@ def _start_shipping(config: Config, store: Store, incident_id: str) -> None:
 
     Shipping never holds up or fails a collection: its errors are left to the shipper.
     """
+    from . import shipping  # not on the AR hot path
     if not config.ship:
         return
     try:
@@ -272,6 +274,7 @@ def report_findings(config: Config, store: Store, incident: Any, request: Reques
                     outcomes: list[Any], reason: str) -> str:
     """Write the finding lines of a job's evidence (before its outcome line); return the
     outcome's reason, extended when the findings could not be reported."""
+    from . import findings  # not on the AR hot path
     try:
         findings.report(config, store, incident, request.command,
                         [f for o in outcomes for f in o.files])
@@ -302,6 +305,7 @@ def main(argv: list[str]) -> int:
     (``outcome_linger_s``) while outcome lines written with the install's
     logcollector down are pending, and delivers them when it is back.
     """
+    from . import prune, shipping  # not on the AR hot path
     args = dict(zip(argv[::2], argv[1::2]))
     slot = {"fd": int(args["--slot-fd"])}
     ossec_dir = args["--ossec-dir"]
