@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import stat
@@ -103,6 +104,20 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def replace_json_at(dir_fd: int, name: str, obj: object) -> None:
+    """Replace name in dir_fd with obj as one JSON line, atomically: a new private temp
+    file (never through a link), fsynced, then renamed over name."""
+    check_relpath(name)
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = create_file_at(dir_fd, tmp)
+    try:
+        write_all(fd, (json.dumps(obj, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def check_private_dir(path: str, fd: int) -> None:

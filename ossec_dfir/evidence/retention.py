@@ -96,14 +96,7 @@ def record_export(store: Store, incident_id: str, archive: str, archive_sha256: 
            "uid": os.geteuid()}
     dfd = store.state_dir_fd(EXPORTED_DIR)
     try:
-        tmp = f".{incident_id}.{os.getpid()}.{os.urandom(4).hex()}"
-        fd = fs.create_file_at(dfd, tmp)
-        try:
-            fs.write_all(fd, (json.dumps(doc, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, incident_id + ".json", src_dir_fd=dfd, dst_dir_fd=dfd)
+        fs.replace_json_at(dfd, incident_id + ".json", doc)
     finally:
         os.close(dfd)
     return store.state_path(EXPORTED_DIR, incident_id + ".json")

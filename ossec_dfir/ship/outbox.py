@@ -28,14 +28,7 @@ SUBDIR = "outbox"
 def _write(store: Store, incident_id: str, entry: dict[str, Any]) -> None:
     dfd = store.state_dir_fd(SUBDIR)
     try:
-        tmp = f".{incident_id}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        fd = fs.create_file_at(dfd, tmp)
-        try:
-            fs.write_all(fd, json.dumps(entry, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, incident_id + ".json", src_dir_fd=dfd, dst_dir_fd=dfd)
+        fs.replace_json_at(dfd, incident_id + ".json", entry)
     finally:
         os.close(dfd)
 

@@ -89,14 +89,7 @@ def read_state(incident_path: str) -> dict[str, Any]:
 def write_state(state_dir_fd: int, incident_id: str, state: dict[str, Any]) -> None:
     """Replace the shipping state of an incident atomically (in .state/ship/)."""
     fs.check_relpath(incident_id)
-    tmp = f".{incident_id}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = fs.create_file_at(state_dir_fd, tmp)
-    try:
-        fs.write_all(fd, json.dumps(state, sort_keys=True).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, incident_id + ".json", src_dir_fd=state_dir_fd, dst_dir_fd=state_dir_fd)
+    fs.replace_json_at(state_dir_fd, incident_id + ".json", state)
 
 
 def manifest_digest(incident_path: str) -> tuple[str, int]:
