@@ -29,7 +29,7 @@ def keygen(path: Path, kind: str = "ed25519") -> str:
 class Sshd:
     """sshd -D on 127.0.0.1:<port>, chrooted sftp for root; stopped by pid."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, extra_config: str = "") -> None:
         if not os.path.exists(SSHD):
             pytest.fail("sshd is missing: apt-get install openssh-server (.ci/run installs it)")
         self.work = work
@@ -44,7 +44,11 @@ class Sshd:
         self.analyst_pub = keygen(work / "analyst_ed25519")
         self.shipper_key = work / "shipper_ed25519"
         self.analyst_key = work / "analyst_ed25519"
-        auth = work / "authorized_keys"
+        # One authorized_keys per user (%u), in a root-owned 0755 directory: sshd reads a
+        # user's file with that user's uid, so an unprivileged account needs to reach it.
+        self.keys_dir = Path(tempfile.mkdtemp(prefix="ossec-dfir-sshkeys-", dir="/var/lib"))
+        os.chmod(self.keys_dir, 0o755)
+        auth = self.keys_dir / "root"
         auth.write_text(f'restrict,command="internal-sftp -u 0077 -P {DENIED}" '
                         f"{self.shipper_pub}\nrestrict {self.analyst_pub}\n")
         os.chmod(auth, 0o600)
@@ -52,11 +56,13 @@ class Sshd:
         self.config = work / "sshd_config"
         self.config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {work}/host_ed25519\n"
-            f"PidFile {work}/sshd.pid\nAuthorizedKeysFile {auth}\nStrictModes no\n"
+            f"PidFile {work}/sshd.pid\nAuthorizedKeysFile {self.keys_dir}/%u\nStrictModes no\n"
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\n"
             "Subsystem sftp internal-sftp\n"
-            f"ChrootDirectory {self.chroot}\nAllowTcpForwarding no\nX11Forwarding no\n")
+            f"ChrootDirectory {self.chroot}\nAllowTcpForwarding no\nX11Forwarding no\n"
+            + extra_config)                      # Match blocks come last
+
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -64,8 +70,17 @@ class Sshd:
         """Return the server's public host key as 'TYPE BASE64'."""
         return " ".join(self.host_key_pub.split()[:2])
 
+    def authorize(self, user: str, line: str) -> None:
+        """Write USER's authorized_keys (root-owned, readable by the user's uid)."""
+        path = self.keys_dir / user
+        path.write_text(line + "\n")
+        os.chmod(path, 0o644)
+
     def start(self) -> None:
-        """Start sshd in the foreground (-D) and wait for its port."""
+        """Check the config (sshd -t), start sshd in the foreground (-D), wait for its port."""
+        check = subprocess.run([SSHD, "-t", "-f", str(self.config)], capture_output=True,
+                               text=True, timeout=30)
+        assert check.returncode == 0, f"sshd -t refuses the config: {check.stderr}"
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.work / "sshd.log", "ab"))
@@ -90,6 +105,7 @@ class Sshd:
         self.proc = None
 
     def cleanup(self) -> None:
-        """Stop sshd and remove the chroot."""
+        """Stop sshd and remove the chroot and the keys directory."""
         self.kill()
         shutil.rmtree(self.chroot, ignore_errors=True)
+        shutil.rmtree(self.keys_dir, ignore_errors=True)
