@@ -140,4 +140,15 @@ def test_readme_write_only_account_ships_and_cannot_list_read_or_delete(store, n
     assert (top / "test/01/a.txt").read_bytes() == b"alpha\n"   # still there, unchanged
     with pytest.raises(ShipError, match="Permission denied"):
         fetch(target, f"{hid}/{incident.id}", str(tmp_path / "denied"))
+
+    # What the account cannot be denied (README): writing over a file it wrote, since the
+    # shipper needs open-for-write and posix-rename. The server side must make shipped
+    # files immutable (move them out, snapshot) as Object Lock does for S3.
+    client = SftpClient(target)
+    try:
+        with client.sftp.open(victim, "wb") as fh:
+            fh.write(b"forged\n")
+    finally:
+        client.close()
+    assert (top / "test/01/a.txt").read_bytes() == b"forged\n"
     incident.close()
