@@ -120,6 +120,19 @@ def replace_json_at(dir_fd: int, name: str, obj: object) -> None:
     os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
+def read_json_at(dir_fd: int, name: str, max_bytes: int) -> object:
+    """Return the JSON value of the regular file name in dir_fd (never through a link,
+    at most max_bytes read). Raises OSError when it is absent, unreadable or not a
+    regular file, ValueError when it is not JSON."""
+    fd = open_read_at(dir_fd, name)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        return json.loads(os.read(fd, max_bytes))
+    finally:
+        os.close(fd)
+
+
 def check_private_dir(path: str, fd: int) -> None:
     """Refuse a directory that other users could write to or that we do not own."""
     st = os.fstat(fd)

@@ -106,19 +106,11 @@ def export_record(store: Store, incident_id: str) -> dict[str, Any] | None:
     """Return the export record of an incident (None when there is none or it is unreadable)."""
     dfd = store.state_dir_fd(EXPORTED_DIR)
     try:
-        fd = fs.open_read_at(dfd, incident_id + ".json")
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        doc = json.loads(os.read(fd, MAX_RECORD_BYTES))
+        doc = fs.read_json_at(dfd, incident_id + ".json", MAX_RECORD_BYTES)
     except (OSError, ValueError):
         return None
     finally:
-        os.close(fd)
+        os.close(dfd)
     return doc if isinstance(doc, dict) else None
 
 
@@ -205,11 +197,7 @@ def _incident_key(store: Store, incident_id: str) -> str | None:
     except StoreError:
         return None
     try:
-        fd = fs.open_read_at(dfd, INCIDENT_JSON)
-        try:
-            doc = json.loads(os.read(fd, MAX_RECORD_BYTES))
-        finally:
-            os.close(fd)
+        doc = fs.read_json_at(dfd, INCIDENT_JSON, MAX_RECORD_BYTES)
         key = doc.get("key") if isinstance(doc, dict) else None
         if isinstance(key, str):
             fs.check_relpath(key)

@@ -29,10 +29,10 @@ RULE_IDS = (*(str(n) for n in range(100900, 100908)), *FINDING_RULE_IDS)
 FINDING_RULES = {
     "100911": (12, "finding=yara_file command=dfir-yara incident=20261129T012533Z_203.0.113.5 "
                    "evidence=yara/01/matches.jsonl name=sample_rule pid=- "
-                   f"path=/tmp/sample%20file sha256={'0' * 64} rules_sha256={'0' * 64}"),
+                   f"path=/var/www/sample%20file sha256={'0' * 64} rules_sha256={'0' * 64}"),
     "100915": (10, "finding=suspect_process command=dfir-triage "
                    "incident=20261129T012533Z_203.0.113.5 evidence=triage/01/processes.jsonl "
-                   f"name=exe_deleted pid=4242 path=/tmp/x sha256={'0' * 64} rules_sha256=-"),
+                   f"name=exe_deleted pid=4242 path=/dev/shm/x sha256={'0' * 64} rules_sha256=-"),
 }
 # rule id -> (level, outcome) of the outcome alerts the check must see fire.
 OUTCOME_RULES = {"100901": (3, "complete"), "100902": (7, "partial"), "100903": (10, "failed"),

@@ -22,7 +22,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
 _SCHEME = re.compile(r"(?i)\b(h)(tt)(ps?)(://)")
 # A sigil followed by a word character is a reference to someone or something.
 _REFERENCE = re.compile(r"([@#!~%$&^])(?=[\w\"'-])|\b(GH)(-\d)")
-_ZWSP = "\ue000"  # placeholder, written as &#8203; once the text is escaped
+_ZWSP = "\ue000"  # a private-use mark for the zero-width space, written &#8203; after escaping
 
 
 def md(value: str) -> str:

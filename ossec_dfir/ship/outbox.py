@@ -12,7 +12,6 @@ older than its targets' ``max_age_s`` and records why.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from typing import Any
@@ -37,16 +36,13 @@ def read(store: Store, incident_id: str) -> dict[str, Any] | None:
     """Return the outbox entry of an incident (None when it has none)."""
     dfd = store.state_dir_fd(SUBDIR)
     try:
-        fd = fs.open_read_at(dfd, incident_id + ".json")
+        entry = fs.read_json_at(dfd, incident_id + ".json", 65536)
     except OSError:
         return None
+    except ValueError:
+        entry = {}
     finally:
         os.close(dfd)
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            entry = json.loads(fh.read(65536))
-        except ValueError:
-            entry = {}
     return entry if isinstance(entry, dict) else {}
 
 
