@@ -18,9 +18,12 @@ in the same run:
   and check_keys (Wazuh's execd waits for each), against as many bare starts
   fed the same JSON line: total time of each and the ratio.
 
-Each storm is measured ``--rounds`` times, bare and AR alternating.
-The load average is printed before and after: the ratios hold only for
-the conditions they were measured in.
+Each storm is measured ``--rounds`` times, bare and AR alternating, each
+started on an idle machine (at least 90% of the CPU idle over half a
+second: the previous round's detached workers have settled, so they load
+neither measurement). The storm also reports the CPU time (user + system)
+each invocation used, from wait4. The load average is printed before and
+after: the ratios hold only for the conditions they were measured in.
 
     .venv/bin/python bench/bench_ar_latency.py [--runs 50] [--storm 50] [--rounds 3]
 """
@@ -76,8 +79,27 @@ def bare_wazuh(line: bytes) -> float:
     return elapsed
 
 
-def started_at_once(argvs: list[list[str]]) -> tuple[list[float], list[int]]:
-    """Start every argv at once (OSSEC's execd does not wait); return exec-to-exit s and codes."""
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    return values[3] + values[4], sum(values)  # idle + iowait, total
+
+
+def wait_idle(min_idle: float = 0.9, timeout_s: float = 120) -> float:
+    """Wait until at least min_idle of the CPU was idle over 0.5 s; return the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        idle0, total0 = _cpu_times()
+        time.sleep(0.5)
+        idle1, total1 = _cpu_times()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= min_idle:
+            break
+    return time.monotonic() - start
+
+
+def started_at_once(argvs: list[list[str]]) -> tuple[list[float], list[int], list[float]]:
+    """Start every argv at once (OSSEC's execd does not wait); return exec-to-exit s, exit
+    codes and CPU s (user + system) of each."""
     starts: dict[int, float] = {}
     procs = []
     for argv in argvs:
@@ -86,10 +108,10 @@ def started_at_once(argvs: list[list[str]]) -> tuple[list[float], list[int]]:
                                 stderr=subprocess.DEVNULL, cwd="/", env=ENV)
         starts[proc.pid] = start
         procs.append(proc)
-    times, codes = [], []
+    times, codes, cpu = [], [], []
     pending = {p.pid: p for p in procs}
     while pending:  # reap in exit order, each at its exit
-        pid, status = os.waitpid(-1, 0)
+        pid, status, usage = os.wait4(-1, 0)
         end = time.monotonic()
         proc = pending.pop(pid, None)
         if proc is None:
@@ -97,7 +119,8 @@ def started_at_once(argvs: list[list[str]]) -> tuple[list[float], list[int]]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         times.append(end - starts[pid])
         codes.append(proc.returncode)
-    return times, codes
+        cpu.append(usage.ru_utime + usage.ru_stime)
+    return times, codes, cpu
 
 
 def alone(bindir: str, runs: int) -> dict[str, tuple[list[float], list[float]]]:
@@ -131,16 +154,19 @@ def storm_argvs(bindir: str, count: int, round_no: int) -> list[list[str]]:
              f"17643766{round_no:02d}.{i}", "100200", "-"] for i in range(count)]
 
 
-def storm(bindir: str, count: int, rounds: int) -> list[tuple[float, float]]:
-    """Return per round (AR p95 s, bare p95 s) of count runs started at once."""
+def storm(bindir: str, count: int, rounds: int) -> list[tuple[float, float, float, float]]:
+    """Return per round (AR p95 s, bare p95 s, AR mean CPU s, bare mean CPU s) of count
+    runs started at once."""
     out = []
     for r in range(rounds):
-        bare, codes = started_at_once([BARE] * count)
-        ar, codes = started_at_once(storm_argvs(bindir, count, r))
+        wait_idle()
+        bare, codes, bare_cpu = started_at_once([BARE] * count)
+        wait_idle()
+        ar, codes, ar_cpu = started_at_once(storm_argvs(bindir, count, r))
         if any(codes):
             raise SystemExit(f"storm: exit codes {sorted(set(codes))}")
-        out.append((percentile(ar, 95), percentile(bare, 95)))
-        time.sleep(1)
+        out.append((percentile(ar, 95), percentile(bare, 95), statistics.mean(ar_cpu),
+                    statistics.mean(bare_cpu)))
     return out
 
 
@@ -150,6 +176,7 @@ def wazuh_storm(bindir: str, count: int, rounds: int) -> list[tuple[float, float
     script = os.path.join(bindir, "dfir-pcap")
     out = []
     for _ in range(rounds):
+        wait_idle()
         total = bare = 0.0
         for i in range(count):
             message = wazuh_message("add", STORM_IPS[i % len(STORM_IPS)], "100200", None,
@@ -160,7 +187,6 @@ def wazuh_storm(bindir: str, count: int, rounds: int) -> list[tuple[float, float
             total += res.exit_s
             bare += bare_wazuh((json.dumps(message) + "\n").encode())
         out.append((total, bare))
-        time.sleep(1)
     return out
 
 
@@ -214,9 +240,11 @@ def main() -> int:
                   f"{p95:7.1f} {b95:6.1f} {p95 / b95:5.2f}x {max(ar):7.1f}")
         print(f"\nstorm: {args.storm} x dfir-pcap add ({len(STORM_IPS)} IPs) started at once "
               f"vs {args.storm} bare starts at once")
-        for i, (ar95, bare95) in enumerate(storm(bindir, args.storm, args.rounds)):
+        for i, (ar95, bare95, ar_cpu, bare_cpu) in enumerate(
+                storm(bindir, args.storm, args.rounds)):
             print(f"  round {i + 1}: p95 {ar95 * 1000:7.1f} ms vs bare {bare95 * 1000:7.1f} ms: "
-                  f"{ar95 / bare95:5.2f}x")
+                  f"{ar95 / bare95:5.2f}x; CPU per invocation {ar_cpu * 1000:5.1f} ms vs "
+                  f"{bare_cpu * 1000:5.1f} ms")
         print(f"\nwazuh: the same {args.storm} one after another (JSON + check_keys), "
               f"each followed by a bare start fed the JSON line")
         for i, (total, bare) in enumerate(wazuh_storm(bindir, args.storm, args.rounds)):

@@ -8,15 +8,18 @@ same name replaces the shipped one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import trust
 from .errors import ConfigError
+# The AR entry point's part (no dataclasses, no YAML): settings.py.
+from .settings import (CONFIG_NAME, DEFAULT_AR_TIMEOUT_S, DEFAULT_CONFIG, ENV_CONFIG,
+    EXPECT_VALUES, Response, Settings, config_path_for, ossec_dir_of_script)
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default-config.yml")
-ENV_CONFIG = "OSSEC_DFIR_CONFIG"
-CONFIG_NAME = "ossec-dfir.yml"
+__all__ = ["CONFIG_NAME", "DEFAULT_CONFIG", "ENV_CONFIG", "EXPECT_VALUES", "Config", "Profile",
+           "Response", "Retention", "Settings", "Step", "config_path_for", "load",
+           "ossec_dir_of_script", "timeout_notes", "validate"]
 
 _TOP_KEYS = {
     "evidence_root": (str, type(None)), "log_file": (str, type(None)),
@@ -27,10 +30,6 @@ _TOP_KEYS = {
 }
 _STEP_KEYS = {"collector", "params", "background"}
 _PROFILE_KEYS = {"description", "steps", "stateful", "expect", "ar_timeout_s"}
-# What the OSSEC <command> of a profile asks analysisd to pass (<expect>): the
-# alert's srcip, its file name (syscheck), or nothing (host-keyed alerts).
-EXPECT_VALUES = ("srcip", "filename", "none")
-DEFAULT_AR_TIMEOUT_S = 600
 MAX_AR_TIMEOUT_S = 30 * 86400
 
 
@@ -95,23 +94,8 @@ def _retention(raw: Any, where: Callable[[str], str], grouping_window_s: Any,
 
 
 @dataclass(frozen=True)
-class Response:
-    """What the AR entry point needs of a profile: how its alerts are keyed, and if execd deletes."""
-
-    name: str
-    stateful: bool = True
-    expect: str = "srcip"
-    ar_timeout_s: int | None = DEFAULT_AR_TIMEOUT_S
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The validated configuration less the collectors: all the AR entry point reads.
-
-    A Settings comes from a full validation (``Config.settings()``) or from the
-    checked cache of one (configcache.py); it never holds collector parameters,
-    so the AR hot path imports no collector.
-    """
+class Config(Settings):
+    """The validated configuration: the Settings fields (same names, order and defaults), then the rest."""
 
     evidence_root: str
     log_file: str
@@ -126,19 +110,6 @@ class Settings:
     outcome_linger_s: float = 600.0
     source: str = ""
     responses: dict[str, Response] = field(default_factory=dict)
-
-    def response(self, name: str) -> Response:
-        """Return what the entry point needs of the profile for an AR command, or raise ConfigError."""
-        if name not in self.responses:
-            raise ConfigError([f"profiles: no profile named {name!r} "
-                               f"(defined: {', '.join(sorted(self.responses))})"], self.source)
-        return self.responses[name]
-
-
-@dataclass(frozen=True)
-class Config(Settings):
-    """The validated configuration."""
-
     findings_max_lines: int = 20
     binaries: dict[str, str] = field(default_factory=dict)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -155,7 +126,7 @@ class Config(Settings):
 
     def settings(self) -> Settings:
         """Return the Settings part (what the AR entry point reads) of this configuration."""
-        return Settings(**{f.name: getattr(self, f.name) for f in fields(Settings)})
+        return Settings(**{name: getattr(self, name) for name in Settings.FIELDS})
 
 
 def _line_map(text: str) -> dict[str, int]:
@@ -206,16 +177,6 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], str]:
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping"], path)
     return data, text
-
-
-def ossec_dir_of_script(script: str) -> str:
-    """Return the OSSEC directory of an installed AR script (bin/../..)."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(script))))
-
-
-def config_path_for(ossec_dir: str) -> str:
-    """Return the config file to use: $OSSEC_DFIR_CONFIG or <ossec>/etc/ossec-dfir.yml."""
-    return os.environ.get(ENV_CONFIG) or os.path.join(ossec_dir, "etc", CONFIG_NAME)
 
 
 def load(path: str | None, ossec_dir: str = "/var/ossec") -> Config:

@@ -3,7 +3,7 @@
 The YAML stays the one source of truth. Loading it means importing a YAML
 parser and every collector (their parameters are validated), which costs an
 AR invocation more than the rest of its work; so after a full validation the
-AR writes the Settings it needs (config.py: no collector parameters) to
+AR writes the Settings it needs (settings.py: no collector parameters) to
 ``/run/ossec-dfir/config-<hash of the install and config path>.json``:
 a directory and a file only root may write (mode 0700 and 0600, checked on
 every read, never through a link), written atomically. The cache is used only
@@ -18,16 +18,21 @@ problems of a bad config, line by line) and, when it validates, a new cache.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
-from typing import Any
+import sys
 
 from . import __version__, trust
-from .config import DEFAULT_CONFIG, EXPECT_VALUES, Response, Settings, load
 from .errors import StoreError
 from .evidence import fs
+from .settings import DEFAULT_CONFIG, EXPECT_VALUES, Response, Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Any
+
+    from .config import Config
 
 CACHE_DIR = "/run/ossec-dfir"
 FORMAT = 1
@@ -37,17 +42,18 @@ MAX_CACHE_FILES = 64
 _FLOATS = ("grouping_window_s", "queue_max_age_s", "check_keys_timeout_s", "outcome_linger_s")
 _INTS = ("reserve_bytes", "max_workers", "max_captures")
 _STRS = ("evidence_root", "log_file", "ossec_dir", "source")
+_site_added = False
 
 
 def cache_path(ossec_dir: str, path: str | None, cache_dir: str = CACHE_DIR) -> str:
     """Return the cache file for one install and config path."""
-    where = hashlib.sha256(f"{os.path.abspath(ossec_dir)}\0{path or ''}".encode()).hexdigest()
+    where = fs.small_sha256(f"{os.path.abspath(ossec_dir)}\0{path or ''}".encode()).hexdigest()
     return os.path.join(cache_dir, f"config-{where[:32]}.json")
 
 
 def _digest(path: str) -> str:
     with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read(MAX_CONFIG_BYTES + 1)).hexdigest()
+        return fs.small_sha256(fh.read(MAX_CONFIG_BYTES + 1)).hexdigest()
 
 
 def cache_key(path: str | None, ossec_dir: str) -> dict[str, Any]:
@@ -182,6 +188,22 @@ def _prune(dfd: int) -> None:
             pass
 
 
+def _load(path: str | None, ossec_dir: str) -> Config:
+    """Run the full validation (config.load): YAML, collectors, ship targets.
+
+    The installed executables start ``python -IS``: the site directories (where
+    PyYAML and the collectors' libraries are) are added first, as site.py would
+    have added them at start-up.
+    """
+    global _site_added
+    if sys.flags.no_site and not _site_added:
+        import site
+        site.main()
+        _site_added = True
+    from .config import load
+    return load(path, ossec_dir)
+
+
 def load_settings(path: str | None, ossec_dir: str, cache_dir: str = CACHE_DIR) -> Settings:
     """Return the Settings of a config (None: the defaults) as load() would validate them.
 
@@ -189,18 +211,18 @@ def load_settings(path: str | None, ossec_dir: str, cache_dir: str = CACHE_DIR) 
     """
     if os.geteuid() != 0 or path is not None and (
             not os.path.exists(path) or trust.path_problems(path)):
-        return load(path, ossec_dir).settings()  # raises the problems, or validates as non-root
+        return _load(path, ossec_dir).settings()  # raises the problems, or validates as non-root
     file = cache_path(ossec_dir, path, cache_dir)
     try:
         key = cache_key(path, ossec_dir)
     except OSError:
-        return load(path, ossec_dir).settings()
+        return _load(path, ossec_dir).settings()
     cached = read_cache(file, key)
     if cached is not None:
         settings, binaries = cached
         if not any(os.path.lexists(b) and trust.path_problems(b) for b in binaries):
             return settings
-    config = load(path, ossec_dir)
+    config = _load(path, ossec_dir)
     settings = config.settings()
     try:
         unchanged = cache_key(path, ossec_dir) == key

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any
 
 from . import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Any
 
 # Root of the kernel's pseudo filesystems, constants so tests can point them elsewhere.
 PROC = "/proc"
@@ -50,6 +51,30 @@ def timezone_name() -> str | None:
 _DIST_INFO = re.compile(r"^(psutil|yara_python|scapy|PyYAML|pyyaml)-([^-]+)\.dist-info$")
 
 
+def _import_dirs() -> list[str]:
+    """Return the import path, with the site directories when the interpreter skipped them.
+
+    The installed AR executables run ``python -IS`` (no site directories until
+    they need one): the libraries' versions are recorded all the same.
+    """
+    dirs = list(sys.path)
+    if sys.flags.no_site:
+        import site  # with -S, importing site does not run site.main()
+        # A venv is what site.main() would have found: pyvenv.cfg beside the
+        # interpreter or one directory up (and sys.prefix is not set to it).
+        here = os.path.dirname(sys.executable)
+        venv = [d for d in (here, os.path.dirname(here))
+                if os.path.isfile(os.path.join(d, "pyvenv.cfg"))][:1]
+        dirs += [d for d in site.getsitepackages(venv or None) if d not in dirs]
+    return dirs
+
+
+def _iso(epoch_ns: int) -> str:
+    """Return a Unix time in nanoseconds as ISO-8601 UTC with microseconds (truncated)."""
+    seconds, nanos = divmod(epoch_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}+00:00"
+
+
 def library_versions() -> dict[str, str | None]:
     """Return the versions of the libraries evidence depends on (from dist-info names).
 
@@ -60,7 +85,7 @@ def library_versions() -> dict[str, str | None]:
                                   "PyYAML": None}
     names = {"psutil": "psutil", "yara_python": "yara-python", "scapy": "scapy",
              "PyYAML": "PyYAML", "pyyaml": "PyYAML"}
-    for directory in sys.path:
+    for directory in _import_dirs():
         try:
             entries = os.listdir(directory or ".")
         except OSError:
@@ -79,9 +104,10 @@ def identity() -> dict[str, Any]:
     stat = _read(os.path.join(PROC, "stat")) or ""
     for line in stat.splitlines():
         if line.startswith("btime "):
-            boot_time = datetime.fromtimestamp(int(line.split()[1]), timezone.utc).isoformat()
+            boot_time = time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
+                                      time.gmtime(int(line.split()[1])))
     return {
-        "hostname": socket.gethostname(),
+        "hostname": uname.nodename,  # what socket.gethostname() returns
         "machine_id": _read(os.path.join(ETC, "machine-id")),
         "boot_id": _read(os.path.join(PROC, "sys/kernel/random/boot_id")),
         "boot_time": boot_time,
@@ -90,7 +116,7 @@ def identity() -> dict[str, Any]:
         "os_release": {k: v for k, v in os_release().items()
                        if k in ("ID", "VERSION_ID", "PRETTY_NAME")},
         "timezone": timezone_name(),
-        "clock": {"utc": datetime.now(timezone.utc).isoformat(),
+        "clock": {"utc": _iso(time.time_ns()),
                   "monotonic_s": time.monotonic()},
         "tool": {"name": "ossec-dfir", "version": __version__,
                  "python": sys.version.split()[0], "executable": sys.executable,

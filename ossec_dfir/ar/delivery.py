@@ -20,13 +20,16 @@ import contextlib
 import os
 import stat
 import time
-from typing import Callable
 
-from ..config import Settings
+from ..settings import Settings
 from ..errors import DfirError
 from ..evidence import fs
 from ..evidence.store import STATE_DIR, Store
 from .logcollector import SETTLE_S, has_install, log_holder, settled_holder
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Callable
 
 MAX_LINE_CHARS = 4096
 PENDING_DIR = "outcomes"

@@ -11,16 +11,21 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from . import log as arlog, request as rq
-from ..config import (DEFAULT_CONFIG, ENV_CONFIG, Profile, Response, Settings, config_path_for,
-    ossec_dir_of_script)
 from ..configcache import load_settings
 from ..errors import (EXIT_BAD_INPUT, EXIT_COMPLETE, EXIT_FAILED, EXIT_STORE, BadRequest,
     ConfigError, DfirError, StoreError)
+from ..record import Record
+from ..settings import (DEFAULT_CONFIG, ENV_CONFIG, Response, Settings, config_path_for,
+    ossec_dir_of_script)
 from .request import Request
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Any
+
+    from ..config import Profile
 
 
 def _raw_args_text(args: list[str]) -> str:
@@ -68,15 +73,10 @@ def handshake(req: Request, config: Settings, stdin_fd: int, stdout_fd: int) -> 
         return "no answer"
 
 
-@dataclass(frozen=True)
-class Queued:
-    """Where an accepted add went: its incident, its trigger and who runs it."""
+class Queued(Record):
+    """Where an accepted add went: incident, created (new), path, trigger and started (who runs it)."""
 
-    incident: str
-    created: bool
-    path: str
-    trigger: str
-    started: str
+    FIELDS = ("incident", "created", "path", "trigger", "started")
 
 
 def queue(config: Settings, req: Request, config_path: str) -> Queued:
@@ -137,6 +137,23 @@ def stop(config: Settings, req: Request) -> str:
         return f"delete: stop requested{cause}; incident={current}"
     finally:
         store.close()
+
+
+def run(command: str) -> None:
+    """Run one AR invocation and exit at once: the installed executables' whole body.
+
+    ``os._exit`` skips the interpreter's shutdown (tearing down every module
+    and object, several milliseconds execd would wait for). Everything main()
+    writes goes out unbuffered (os.write) before it returns; the standard
+    streams are flushed all the same.
+    """
+    code = main(command)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def main(command: str, argv: list[str] | None = None, stdin_fd: int = 0,

@@ -10,13 +10,13 @@ logcollector is not reading the log (delivery.py).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from . import delivery
-from ..config import Settings
+from ..settings import Settings
 from .request import sanitize
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
     from ..evidence.store import Store
 
 MAX_LINE_CHARS = delivery.MAX_LINE_CHARS

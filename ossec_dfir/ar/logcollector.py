@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Callable
 
-from ..config import Settings
+from ..settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Callable
 
 LOGCOLLECTORS = ("ossec-logcollector", "wazuh-logcollector")
 PIDFILE_RE = re.compile(r"^(ossec|wazuh)-logcollector-([1-9][0-9]{0,9})\.pid$")

@@ -21,20 +21,22 @@ text (``\\xNN``) or dropped, with a note in the trigger record.
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
 import re
 import select
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
 
 from ..errors import BadRequest
+from ..evidence.fs import small_sha256
+from ..record import Record
 from ..evidence.text import display as _display, escape as _escape
 from .ossec_filename import split_extra
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -53,30 +55,52 @@ MANUAL_ALERT_ID = "(from_the_server)"
 MANUAL_RULE_ID = "(no_rule_id)"
 
 
-@dataclass(frozen=True)
-class Request:
-    """A validated invocation: what to do, for which IP, triggered by which alert."""
+def _received_now() -> str:
+    """Return the current UTC time as ISO-8601 with microseconds (truncated), as recorded."""
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
 
-    protocol: str                       # "ossec", "wazuh" or "cli"
-    action: str                         # "add" or "delete"
-    command: str                        # the AR command / profile name, e.g. dfir-pcap
-    srcip: IPAddress | None = None
-    user: str | None = None
-    alert_id: str | None = None
-    rule_id: str | None = None
-    agent_id: str | None = None
-    agent_name: str | None = None
-    location: str | None = None
-    filename: str | None = None
-    filename_refused: str | None = None  # why the alert's filename was dropped
-    extra_args: tuple[str, ...] = ()
-    manual: bool = False
-    alert_timestamp: str | None = None
-    # What was escaped, cut or dropped from fields the collection does not act on.
-    notes: tuple[str, ...] = ()
-    received: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ"))
-    raw: str = ""
+
+class Request(Record):
+    """A validated invocation: what to do, for which IP, triggered by which alert.
+
+    Fields, in order: protocol ("ossec", "wazuh" or "cli"), action ("add" or
+    "delete"), command (the AR command / profile name, e.g. dfir-pcap), srcip
+    (an ipaddress object or None), user, alert_id, rule_id, agent_id,
+    agent_name, location, filename, filename_refused (why the alert's filename
+    was dropped), extra_args, manual, alert_timestamp, notes (what was escaped,
+    cut or dropped from fields the collection does not act on), received (when
+    the request arrived, UTC) and raw.
+    """
+
+    FIELDS = ("protocol", "action", "command", "srcip", "user", "alert_id", "rule_id",
+              "agent_id", "agent_name", "location", "filename", "filename_refused",
+              "extra_args", "manual", "alert_timestamp", "notes", "received", "raw")
+    DEFAULTS = {"srcip": None, "user": None, "alert_id": None, "rule_id": None,
+                "agent_id": None, "agent_name": None, "location": None, "filename": None,
+                "filename_refused": None, "extra_args": (), "manual": False,
+                "alert_timestamp": None, "notes": (), "raw": ""}
+    FACTORIES = {"received": _received_now}
+
+    if TYPE_CHECKING:
+        protocol: str
+        action: str
+        command: str
+        srcip: IPAddress | None
+        user: str | None
+        alert_id: str | None
+        rule_id: str | None
+        agent_id: str | None
+        agent_name: str | None
+        location: str | None
+        filename: str | None
+        filename_refused: str | None
+        extra_args: tuple[str, ...]
+        manual: bool
+        alert_timestamp: str | None
+        notes: tuple[str, ...]
+        received: str
+        raw: str
 
     @property
     def key(self) -> str:
@@ -109,8 +133,7 @@ class Request:
         values["srcip"] = parse_ip(rec["srcip"]) if rec.get("srcip") else None
         values["extra_args"] = tuple(rec.get("extra_args") or ())
         values["notes"] = tuple(rec.get("notes") or ())
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**{k: v for k, v in values.items() if k in cls.FIELDS})
 
 
 def incident_key(srcip: IPAddress | None, filename: str | None = None) -> str:
@@ -121,7 +144,7 @@ def incident_key(srcip: IPAddress | None, filename: str | None = None) -> str:
     """
     if srcip is None:
         if filename:
-            return "file-" + hashlib.sha256(os.fsencode(filename)).hexdigest()[:16]
+            return "file-" + small_sha256(os.fsencode(filename)).hexdigest()[:16]
         return "host"
     key = str(srcip).replace(":", "_")
     # "::1" would give "__1", not a safe path component: write the zero group.

@@ -1,7 +1,7 @@
 """Run a profile's collectors for one trigger: prerequisites, locks, limits, outcomes.
 
-Each collector runs in its own forked child (own process group, nice and
-ionice), so a timeout can end it and everything it started, and a crash in
+Each collector runs in its own forked child (own session and process group,
+nice and ionice), so a timeout can end it and everything it started, and a crash in
 one collector never stops the next one. The parent records one ``collector``
 manifest entry per step whatever happened to the child.
 """
@@ -25,6 +25,7 @@ from ..collectors.base import (DELETE_STOP, HAND_STOP, SHUTDOWN_STOP, Context, R
     get_collector, unmet_prerequisite)
 from ..config import Config, Profile, Step
 from ..errors import DfirError, ReserveReached, Skipped, StoreError
+from . import detach
 from .request import Request
 from .slots import SLOTS_DIR, CaptureSlot
 from .stops import STOP_DELETE, STOP_SHUTDOWN, request_stop, stop_marker_name  # noqa: F401
@@ -175,11 +176,13 @@ class StatusFile:
 
 
 def _set_priority(nice: int, ionice: str) -> None:
-    try:
-        if nice:
-            os.nice(nice)
-    except OSError:
-        pass
+    """Lower this collector's CPU priority by nice (process and session) and set its I/O class.
+
+    Called in the collector's child once it leads its own session: the
+    scheduler shares the CPU between sessions first (detach.py), so the
+    session's value is what keeps a nice-15 YARA scan behind the host's work.
+    """
+    detach.set_priority(os.getpriority(os.PRIO_PROCESS, 0) + nice)
     if ionice in ("idle", "best-effort"):
         try:
             import psutil
@@ -336,7 +339,8 @@ class Runner:
                capture_slot: CaptureSlot | None = None) -> None:
         code = 0
         try:
-            os.setpgid(0, 0)
+            os.setsid()  # its own session: a process group to end, and a CPU share of its own
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the worker's reaper is not ours
             _set_priority(cls.nice, cls.ionice)
             ctx = Context(config=self.config, request=self.request, incident=self.incident,
                           collector=step.collector, run_dir=run_dir, params=step.params,

@@ -11,7 +11,6 @@ everything shipped to every target, a ``outcome=shipped`` line says so.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -21,13 +20,13 @@ from ..errors import ConfigError, DfirError, StoreError
 from ..evidence.store import Store
 from ..ship import outbox, receipts as rc
 from ..ship.shipper import ship_pass
-from . import log as arlog
+from . import detach, log as arlog
 
 POLL_S = 1.0
 IDLE_EXIT_S = 10.0
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from ossec_dfir.ar.shipping import main; sys.exit(main(sys.argv[2:]))")
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+# Shipping is network-bound; its CPU (encryption, hashing) yields to the
+# collections and to everything else on the host (process and session: detach.py).
+SHIPPER_NICE = 10
 
 
 def queue(config: Config, store: Store, incident_id: str, final: bool = False) -> bool:
@@ -56,16 +55,12 @@ def ensure_shipper(config: Config, store: Store, config_path: str | None,
     lock_fd = store.try_lock("shipper")
     if lock_fd is None:
         return None  # one runs already
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    argv = [sys.executable, "-I", "-c", _BOOT, pkg_parent, "--lock-fd", str(lock_fd),
-            "--config", config_path or "", "--ossec-dir", ossec_dir]
+    args = ["--lock-fd", str(lock_fd), "--config", config_path or "", "--ossec-dir", ossec_dir]
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(lock_fd,),
-                                start_new_session=True, cwd="/", env=ENV)
+        return detach.spawn(detach.boot_argv("ossec_dfir.ar.shipping", SHIPPER_NICE, args),
+                            lock_fd)
     finally:
         os.close(lock_fd)
-    return proc.pid
 
 
 def shipped_field(config: Config, store: Store, incident_id: str) -> str:

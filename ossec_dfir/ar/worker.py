@@ -20,32 +20,31 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
-from typing import Any
 
 from ..evidence import fs
-from . import delivery, log as arlog
-from ..procfs import flocked_files, pid_alive
-from ..config import DEFAULT_CONFIG, Config, load
+from . import delivery, detach, log as arlog
 from ..errors import ConfigError, DfirError, StoreError
+from ..settings import DEFAULT_CONFIG, Settings
 from .request import Request
 from ..evidence.store import Store, canonical_json
 
-# The worker starts niced (START_NICE) and takes the priority of the process that
-# spawned it back once its config is loaded, before it runs a job: in an alert
-# storm its start-up (the YAML, every collector) yields the CPU to the AR
-# invocations that execd is waiting for; the collections run as before.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Any
+
+    from ..config import Config
+
+# The worker starts niced (START_NICE, its process and its session: detach.py)
+# and takes the priority of the process that spawned it back once its config
+# is loaded, before it runs a job: in an alert storm its start-up (the YAML,
+# every collector) yields the CPU to the AR invocations that execd is waiting
+# for; the collections run as before. Only root can take a priority back.
 START_NICE = 10
-_BOOT = ("import os, sys\nif os.geteuid() == 0:  # only root can take the priority back\n"
-         "    os.nice(%d)\n"
-         "sys.path.insert(0, sys.argv[1]); "
-         "from ossec_dfir.ar.worker import main; sys.exit(main(sys.argv[2:]))") % START_NICE
-WORKER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
-def open_store(config: Config, create: bool = True) -> Store:
+def open_store(config: Settings, create: bool = True) -> Store:
     """Open the evidence store the config names."""
     return Store(config.evidence_root, reserve_bytes=config.reserve_bytes,
                  grouping_window_s=config.grouping_window_s, create=create)
@@ -153,12 +152,14 @@ def reap_orphans(config: Config, store: Store) -> int:
     The incident gets an ``outcome`` entry and the log an ``outcome=failed``
     line, so the manager alerts on a collection that never finished.
     """
+    from .. import procfs  # not on the AR hot path
+
     cfd = store.state_dir_fd("claimed")
     reaped = 0
     try:
         for name in os.listdir(cfd):
             pid_text, _, _ = name.partition(".")
-            if not pid_text.isdigit() or pid_alive(int(pid_text)):
+            if not pid_text.isdigit() or procfs.pid_alive(int(pid_text)):
                 continue
             try:
                 fd = fs.open_read_at(cfd, name)
@@ -195,7 +196,9 @@ def busy_slots(store: Store, max_workers: int) -> int:
     Never by taking the locks ourselves: an AR invocation finding every slot
     busy for that moment would queue its job with no worker left to take it.
     """
-    held = flocked_files()
+    from .. import procfs  # not on the AR hot path
+
+    held = procfs.flocked_files()
     busy = 0
     for i in range(max_workers):
         try:
@@ -208,14 +211,11 @@ def busy_slots(store: Store, max_workers: int) -> int:
 
 def spawn(slot_fd: int, config_path: str, ossec_dir: str) -> int:
     """Start a detached worker holding slot_fd; return its pid (we do not wait)."""
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    argv = [sys.executable, "-I", "-c", _BOOT, pkg_parent, "--slot-fd", str(slot_fd),
-            "--config", config_path, "--ossec-dir", ossec_dir,
-            "--priority", str(os.getpriority(os.PRIO_PROCESS, 0))]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(slot_fd,),
-                            start_new_session=True, cwd="/", env=WORKER_ENV)
-    return proc.pid
+    args = ["--slot-fd", str(slot_fd), "--config", config_path, "--ossec-dir", ossec_dir,
+            "--priority", str(os.getpriority(os.PRIO_PROCESS, 0)),
+            "--session-nice", str(detach.session_nice())]
+    nice = START_NICE if os.geteuid() == 0 else 0
+    return detach.spawn(detach.boot_argv("ossec_dfir.ar.worker", nice, args), slot_fd)
 
 
 def run_job(config: Config, store: Store, job: dict[str, Any],
@@ -305,7 +305,10 @@ def main(argv: list[str]) -> int:
     (``outcome_linger_s``) while outcome lines written with the install's
     logcollector down are pending, and delivers them when it is back.
     """
+    import signal
+
     from . import prune, shipping  # not on the AR hot path
+    from ..config import load
     args = dict(zip(argv[::2], argv[1::2]))
     slot = {"fd": int(args["--slot-fd"])}
     ossec_dir = args["--ossec-dir"]
@@ -323,7 +326,8 @@ def main(argv: list[str]) -> int:
         arlog.outcome_to(config.log_file,
                          arlog.failed_fields("-", None, f"worker cannot start: {err}"))
         return 3
-    _restore_priority(args.get("--priority"))
+    _restore_priority(args.get("--priority"), args.get("--session-nice"))
+    signal.signal(signal.SIGCHLD, detach.reap_spawned)  # workers it hands a slot to
     code = _drain(config, store, slot, args["--config"], ossec_dir)
     with contextlib.suppress(OSError, DfirError):  # resume an outbox left by a crash or reboot
         shipping.ensure_shipper(config, store, args["--config"], ossec_dir)
@@ -339,11 +343,11 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def _restore_priority(value: str | None) -> None:
+def _restore_priority(process: str | None, session: str | None) -> None:
     """Take back the spawner's CPU priority (the worker started niced) before running jobs."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(-20, min(19, int(value or 0))))
-    except (OSError, ValueError):
+        detach.set_priority(int(process or 0), int(session or 0))
+    except ValueError:
         pass
 
 

@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
-import math
 import os
 import re
-import socket
 import time
-from collections.abc import Iterator
-from datetime import datetime, timezone
-from decimal import Decimal
-from typing import Any, Callable
 
 from . import fs, text as _text
 from .. import __version__
 from ..errors import ReserveReached, StoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from collections.abc import Iterator
+    from decimal import Decimal
+    from typing import Any, Callable
 
 MANIFEST = "manifest.jsonl"
 SUMS = "SHA256SUMS"
@@ -52,6 +51,9 @@ def utc_iso(epoch: float | int | Decimal | None) -> str | None:
     """
     if epoch is None:
         return None
+    import math
+    from decimal import Decimal  # not on the AR hot path (its times are integers)
+
     micros = math.floor(Decimal(epoch) * 1_000_000)
     return _iso_micros(micros)
 
@@ -83,7 +85,7 @@ def canonical_json(obj: Any) -> str:
 
 def custody() -> dict[str, Any]:
     """Return who is writing: host, pid, uid and tool version (chain of custody)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "uid": os.geteuid(),
+    return {"host": os.uname().nodename, "pid": os.getpid(), "uid": os.geteuid(),
             "tool": f"ossec-dfir {__version__}"}
 
 
@@ -238,7 +240,7 @@ class Store:
 
     def _create_incident(self, key: str, identity: Callable[[], dict[str, Any]],
                          first_trigger: dict[str, Any]) -> Incident:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         for attempt in range(1000):
             incident_id = f"{stamp}_{key}" if attempt == 0 else f"{stamp}_{key}-{attempt}"
             try:
@@ -253,7 +255,7 @@ class Store:
         doc = {"incident": incident_id, "key": key, "created": utc_now(),
                "host": identity(), "first_trigger": first_trigger,
                "tool": f"ossec-dfir {__version__}"}
-        with incident.writer("store", INCIDENT_JSON) as w:
+        with incident.writer("store", INCIDENT_JSON, small=True) as w:
             w.write(_text.json_doc(doc))
         return incident
 
@@ -312,11 +314,15 @@ class Incident:
             seq = int(json.loads(last)["seq"])
         except (ValueError, KeyError, TypeError) as err:
             raise StoreError("manifest tail is corrupt", self.path) from err
-        return hashlib.sha256(last).hexdigest(), seq
+        return fs.small_sha256(last).hexdigest(), seq
 
     def record(self, entry: dict[str, Any], before: Callable[[], None] | None = None,
-               sums_line: str | None = None) -> dict[str, Any]:
-        """Append one hash-chained entry to the manifest (fsynced) and return it."""
+               sums_line: str | None = None, sync: bool = True) -> dict[str, Any]:
+        """Append one hash-chained entry to the manifest (fsynced) and return it.
+
+        sync=False leaves the fsync to the next entry (the manifest is append-only:
+        the next fsync makes both durable), for an entry nothing acts on before then.
+        """
         with self._manifest_locked() as mfd:
             if before is not None:
                 before()
@@ -324,7 +330,8 @@ class Incident:
             full = {"seq": seq + 1, "time": utc_now(), **entry, "custody": custody(),
                     "prev": prev}
             fs.write_all(mfd, (canonical_json(full) + "\n").encode())
-            os.fsync(mfd)
+            if sync:
+                os.fsync(mfd)
             if sums_line is not None:
                 sfd = fs.open_append_at(self.dir_fd, SUMS)
                 try:
@@ -364,7 +371,7 @@ class Incident:
             finally:
                 os.close(fd)
         return self.record({"type": "trigger", "path": TRIGGERS,
-                            "line_sha256": hashlib.sha256(line).hexdigest(),
+                            "line_sha256": fs.small_sha256(line).hexdigest(),
                             "trigger": trigger.get("trigger_id"),
                             "action": trigger.get("action"), "command": trigger.get("command"),
                             "status": trigger.get("status")}, before=write_line)
@@ -387,16 +394,21 @@ class Incident:
         raise StoreError("too many runs", f"{self.path}/{collector}")
 
     def writer(self, collector: str, relpath: str, params: dict[str, Any] | None = None,
-               meta: dict[str, Any] | None = None) -> EvidenceWriter:
-        """Open a new evidence file for writing (hashing, reserve-checked)."""
-        return EvidenceWriter(self, collector, relpath, params or {}, meta or {})
+               meta: dict[str, Any] | None = None, small: bool = False) -> EvidenceWriter:
+        """Open a new evidence file for writing (hashing, reserve-checked).
+
+        small: a document of a few KiB written whole by the AR entry point: hashed
+        with fs.small_sha256 (no OpenSSL to load), and its begin entry is made
+        durable with its file entry (one manifest fsync where a long write has two).
+        """
+        return EvidenceWriter(self, collector, relpath, params or {}, meta or {}, small)
 
 
 class EvidenceWriter:
     """Write one evidence file: exclusive create, SHA-256 while writing, manifest on close."""
 
     def __init__(self, incident: Incident, collector: str, relpath: str,
-                 params: dict[str, Any], meta: dict[str, Any]) -> None:
+                 params: dict[str, Any], meta: dict[str, Any], small: bool = False) -> None:
         parts = fs.check_relpath(relpath)
         if relpath in STORE_FILES:
             raise StoreError("reserved store file name", relpath)
@@ -409,7 +421,11 @@ class EvidenceWriter:
         self.size = 0
         self.outcome: str | None = None
         self.reason: str | None = None
-        self._hash = hashlib.sha256()
+        if small:
+            self._hash = fs.small_sha256()
+        else:
+            import hashlib  # OpenSSL's SHA-256, for bulk evidence
+            self._hash = hashlib.sha256()
         self._allowance = 0
         self.closed = False
         incident.store.check_reserve()
@@ -420,7 +436,7 @@ class EvidenceWriter:
         finally:
             os.close(dfd)
         incident.record({"type": "begin", "path": relpath, "collector": collector,
-                         "started": self.started})
+                         "started": self.started}, sync=not small)
 
     def _reserve(self, n: int) -> None:
         if n <= self._allowance:

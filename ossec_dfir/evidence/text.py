@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not imported on the AR hot path
+    from typing import Any
 
 # Lone surrogates: what surrogateescape makes of undecodable bytes, and worse.
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -1,9 +1,12 @@
 """The runner: one failed collector never stops the next; limits and skips are recorded."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
+
+import pytest
 
 from ossec_dfir import hostinfo
 from ossec_dfir.collectors.base import REGISTRY, Collector, Params, Result, build_params
@@ -38,13 +41,27 @@ class Behave(Collector):
             os._exit(9)
         if params.behaviour == "slow":
             time.sleep(3)
+        if params.behaviour == "sched":  # where the scheduler puts this collector
+            with open("/proc/self/autogroup", "rb") as fh:
+                autogroup = fh.read().decode()
+            ctx.write_bytes("sched.json", json.dumps({
+                "pid": os.getpid(), "sid": os.getsid(0),
+                "nice": os.getpriority(os.PRIO_PROCESS, 0),
+                "session_nice": int(autogroup.rsplit("nice", 1)[1])}).encode())
         ctx.write_bytes("out.txt", b"ok")
         return Result(summary={"done": True})
 
 
-def run_steps(config, store, behaviours, timeout_s=30.0):
-    REGISTRY.setdefault(Behave.name, Behave)
-    steps = tuple(Step(Behave.name, build_params(Behave, {"behaviour": b, "timeout_s": timeout_s}))
+class NicedBehave(Behave):
+    """The same, declared nice 3 (Behave has the default, 10)."""
+
+    name = "test-behave-niced"
+    nice = 3
+
+
+def run_steps(config, store, behaviours, timeout_s=30.0, cls=Behave):
+    REGISTRY.setdefault(cls.name, cls)
+    steps = tuple(Step(cls.name, build_params(cls, {"behaviour": b, "timeout_s": timeout_s}))
                   for b in behaviours)
     req = make_request("192.0.2.200")
     incident, _ = store.incident_for(req.key, hostinfo.identity, req.to_record())
@@ -140,3 +157,25 @@ def test_a_background_step_that_finished_is_not_killed_after_slow_foreground_ste
         incident.close()
     assert [o.outcome for o in runner.outcomes] == ["complete", "complete"], runner.outcomes
     assert overall == "complete"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no autogroup scheduling")
+def test_a_collector_leads_its_own_session_niced_as_declared(config, store):
+    """With autogroup scheduling the CPU is shared between sessions first: a collector's
+    nice value holds against the host's other work only when its session carries it."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    reports = []
+    for cls in (Behave, NicedBehave):
+        overall, outcomes, manifest = run_steps(config, store, ["sched"], cls=cls)
+        assert overall == "complete", outcomes
+        path = next(e["path"] for e in manifest if e["type"] == "file"
+                    and e["path"].endswith("sched.json") and e["collector"] == cls.name)
+        incident = next(store.root + "/" + d for d in os.listdir(store.root)
+                        if not d.startswith("."))
+        with open(os.path.join(incident, path)) as fh:
+            reports.append(json.load(fh))
+    for cls, report in zip((Behave, NicedBehave), reports):
+        assert report["sid"] == report["pid"]  # its own session (and process group)
+        assert report["sid"] != os.getsid(0)
+        expected = min(19, base + cls.nice)
+        assert (report["nice"], report["session_nice"]) == (expected, expected), cls.name

@@ -77,7 +77,7 @@ def test_install_into_an_ossec_tree(tmp_path, capsys):
         except KeyError:
             pass
     first = script.read_text().splitlines()[0]
-    assert first == f"#!{sys.executable} -I"
+    assert first == f"#!{sys.executable} -IS"
     conf = (ossec / "etc" / "ossec.conf").read_text()
     assert "<executable>dfir-host</executable>" in conf and "<expect>srcip</expect>" in conf
     backups = [p for p in (ossec / "etc").iterdir() if p.name.startswith("ossec.conf.bak-")]

@@ -27,9 +27,11 @@ sys.exit(main("{name}"))
 def test_install_writes_the_ar_entry_point(tmp_path):
     tree = Tree(tmp_path)
     text = open(tree.script("dfir-host")).read()
-    assert text.startswith(f"#!{sys.executable} -I\n")
-    assert "from ossec_dfir.ar.entry import main" in text
-    assert 'sys.exit(main("dfir-host"))' in text
+    assert text.startswith(f"#!{sys.executable} -IS\n")  # isolated, no site directories
+    # the package after the standard library, never before it
+    assert f"sys.path.append({os.path.dirname(install.PACKAGE_DIR)!r})" in text
+    assert "from ossec_dfir.ar.entry import run" in text
+    assert text.rstrip().endswith('run("dfir-host")')
 
 
 def test_a_script_installed_before_the_layout_still_runs(tmp_path):
@@ -85,6 +87,22 @@ def test_install_checks_everything_the_interpreter_loads(venv):
         assert any(p.startswith(culprit + ":") for p in problems), (culprit, problems)
 
 
+def test_install_checks_the_directory_the_executables_append(venv, tmp_path, monkeypatch):
+    """The executables run -IS with the package's parent on their import path: a module
+    planted there would load for a standard one the interpreter lacks (_sha2 on 3.11)."""
+    root, _ = venv
+    parent = tmp_path / "lib"
+    (parent / "ossec_dfir").mkdir(parents=True)
+    for d in (tmp_path, parent, parent / "ossec_dfir"):
+        os.chmod(d, 0o755)
+    monkeypatch.setattr(install, "PACKAGE_DIR", str(parent / "ossec_dfir"))
+    python = str(root / "bin" / "python")
+    assert not any(p.startswith(str(parent) + ":") for p in install.unsafe_code_paths(python))
+    os.chmod(parent, 0o777)
+    assert any(p.startswith(str(parent) + ":") for p in install.unsafe_code_paths(python))
+
+
 def test_a_broken_interpreter_is_a_problem(tmp_path):
     problems = install.unsafe_code_paths(str(tmp_path / "no-python"))
     assert problems and "cannot ask it" in problems[0]
+
