@@ -88,6 +88,30 @@ def _up_to_date(path: str, text: str, mode: int, gid: int) -> bool:
     return current == text and stat.S_IMODE(st.st_mode) == mode and owner_ok
 
 
+def _create_ar_log(path: str, gid: int) -> list[str]:
+    """Create an empty active-responses.log (root, the ossec group, 0640) when there is none.
+
+    OSSEC's logcollector opens the files of its ``<localfile>`` blocks when it
+    starts. One that does not exist is tried again only every 65 loops of 2 s
+    (about 2 minutes), and after ``logcollector.open_attempts`` (8) failures
+    never again until a restart: on an agent where no response has run yet,
+    the outcome lines of the first ones would not reach the manager for
+    minutes, or at all. Nothing is written through a link or over a file.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o640)
+    except FileExistsError:
+        return []
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, gid)
+        os.fchmod(fd, 0o640)
+    finally:
+        os.close(fd)
+    return [f"created {path} (empty: logcollector reads only a file that exists when it starts)"]
+
+
 def install_files(config: Config, inst: Installation) -> list[str]:
     """Write the executables, ossec-dfir.yml (unless present) and the example YARA rules."""
     done = []
@@ -95,6 +119,7 @@ def install_files(config: Config, inst: Installation) -> list[str]:
     etc_dir = os.path.join(inst.root, "etc")
     for directory in (inst.ar_bin_dir, etc_dir, os.path.join(inst.root, "logs")):
         os.makedirs(directory, mode=0o750, exist_ok=True)
+    done += _create_ar_log(inst.ar_log, gid)
     for name in snippets.commands(config):
         path = os.path.join(inst.ar_bin_dir, name)
         text = SCRIPT_TEMPLATE.format(python=sys.executable, name=name,

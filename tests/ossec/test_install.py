@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from ossec_dfir.ar.simulate import ossec_argv, run_ossec
+from ossec_dfir import config as config_mod
 from ossec_dfir.ossec import install
 from tests.ar.test_entry import Tree
 from tests.conftest import ROOT
@@ -106,3 +107,21 @@ def test_a_broken_interpreter_is_a_problem(tmp_path):
     problems = install.unsafe_code_paths(str(tmp_path / "no-python"))
     assert problems and "cannot ask it" in problems[0]
 
+
+def test_install_creates_the_log_logcollector_must_find_at_start(tmp_path):
+    """logcollector opens a missing <localfile> again only every ~2 minutes, 8 times."""
+    tree = Tree(tmp_path)
+    log = tree.ossec / "logs" / "active-responses.log"
+    st = os.lstat(log)
+    assert st.st_size == 0 and st.st_mode & 0o777 == 0o640
+    if os.geteuid() == 0:
+        assert st.st_uid == 0
+    log.write_text("kept\n")
+    target = tmp_path / "elsewhere"
+    cfg = config_mod.load(str(tree.conf), str(tree.ossec))
+    install.install(cfg, str(tree.ossec), False, "ossec")
+    assert log.read_text() == "kept\n"        # an existing log is never touched
+    log.unlink()
+    log.symlink_to(target)                    # nor written through a planted link
+    install.install(cfg, str(tree.ossec), False, "ossec")
+    assert log.is_symlink() and not target.exists()

@@ -27,7 +27,12 @@ def test_agent_control_runs_the_capture_on_the_agent(ossec_pair) -> None:
     # The agent's site config: captures there end after 5 s when no delete came
     # (the delete follows the response's <timeout>, up to 90 s late).
     agent.write_dfir_config("collectors:\n  pcap:\n    duration_s: 5\n")
+    # A new agent has no active-responses.log until a response runs, and its
+    # logcollector tries a missing file again only every ~2 minutes (8 times):
+    # install creates it, or the first outcome lines would not reach the manager.
+    agent.ar_log.unlink(missing_ok=True)
     agent.install_dfir(edit=True)
+    assert agent.ar_log.is_file()
     manager.start()
     agent.start()
 
