@@ -228,7 +228,7 @@ def main() -> int:
                              "1764376501.1", "100100", "-"], ENV)
         print(f"background capture started (exit {capture.returncode} after "
               f"{capture.exit_s * 1000:.1f} ms, the first run: a full config load)")
-        time.sleep(2)
+        wait_idle()  # the first run's worker has started the capture
         cases = alone(bindir, args.runs)
         print(f"\nalone, {args.runs} runs per case, each followed by a bare start")
         print(f"{'case':32s} {'p50 ms':>7s} {'bare':>6s} {'ratio':>6s} "
