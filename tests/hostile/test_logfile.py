@@ -35,6 +35,7 @@ def _wait_outcome_entry(tree: Tree, timeout_s: float = 60) -> dict:
 def test_a_fifo_without_reader_at_the_log_blocks_nothing(tmp_path):
     tree = Tree(tmp_path)
     tree.log.parent.mkdir(parents=True, exist_ok=True)
+    tree.log.unlink(missing_ok=True)  # the empty log install created, replaced
     os.mkfifo(tree.log)
     result = run_ossec(ossec_argv(tree.script("dfir-host"), "add", "203.0.113.30"), ENV)
     assert result.returncode == 0
@@ -44,6 +45,7 @@ def test_a_fifo_without_reader_at_the_log_blocks_nothing(tmp_path):
 def test_a_fifo_whose_reader_never_reads_blocks_nothing(tmp_path):
     tree = Tree(tmp_path)
     tree.log.parent.mkdir(parents=True, exist_ok=True)
+    tree.log.unlink(missing_ok=True)  # the empty log install created, replaced
     os.mkfifo(tree.log)
     reader = os.open(tree.log, os.O_RDONLY | os.O_NONBLOCK)  # holds it open, reads nothing
     try:

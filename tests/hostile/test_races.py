@@ -75,6 +75,7 @@ def test_log_file_planted_as_link_is_not_followed(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
     tree.log.parent.mkdir(parents=True, exist_ok=True)
+    tree.log.unlink(missing_ok=True)  # the empty log install created, replaced
     os.symlink(victim, tree.log)
     res = run_ossec([tree.script(), "add", "-", "192.0.2.65", "-", "-"])
     assert res.returncode == 0
