@@ -365,9 +365,23 @@ class OssecTree:
                 if line.startswith("ossec-dfir: outcome=") and contains in line]
 
     def diagnostics(self) -> str:
-        """Return the logs since mark(), for a failure message."""
+        """Return the logs since mark(), for a failure message.
+
+        The daemons' own lines come apart from syscheck's, which fill the tail
+        of ossec.log at every start; the keys and running daemons are listed.
+        """
+        own = [line for line in self.log_since("ossec").splitlines()
+               if "syscheckd" not in line and "rootcheck" not in line]
+        try:
+            keys = len([x for x in self.path("etc", "client.keys").read_text().splitlines()
+                        if x.strip()])
+        except OSError as err:
+            keys = f"unreadable ({err.strerror})"  # type: ignore[assignment]
         return (f"--- {self.ar_log} since the test began:\n{self.log_since('ar')[-4000:]}\n"
-                f"--- {self.ossec_log}:\n{self.log_since('ossec')[-3000:]}\n"
+                f"--- {self.ossec_log}, without syscheck and rootcheck:\n"
+                f"{chr(10).join(own)[-4000:]}\n"
+                f"--- client.keys: {keys} entries; ossec-control status:\n"
+                f"{self.control('status').stdout}\n"
                 f"--- alerts.log (rules):\n" +
                 "\n".join(f"{a.alert_id} {a.rule_id} {a.log[:200]}" for a in self.alerts())[-3000:])
 
@@ -626,6 +640,9 @@ def ossec_pair(ossec_pair_build: tuple[OssecTree, OssecTree]) -> Iterator[tuple[
     res = subprocess.run([str(agent.path("bin", "manage_agents")), "-i", key],
                          input="y\n\n", capture_output=True, text=True, timeout=60)
     assert "Added." in res.stdout, res.stdout + res.stderr
+    for tree in (manager, agent):  # each side holds the key it will authenticate with
+        keys = tree.path("etc", "client.keys").read_text()
+        assert " dfir-agent 127.0.0.1 " in keys, f"{tree.dir}: client.keys: {keys!r}"
     try:
         yield manager, agent
     finally:
