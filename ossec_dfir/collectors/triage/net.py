@@ -170,9 +170,15 @@ def _addr(text: str) -> tuple[str, int]:
 
 def attach_owners(records: list[dict[str, Any]],
                   owners: dict[int, list[tuple[int, int]]]) -> None:
-    """Set pid (first owner), fd and owners [{pid, fd}] on socket records from the fd walk."""
+    """Set owners [{pid, fd}] (by pid, then fd) and pid, fd (the lowest pid's) on socket
+    records from the fd walk.
+
+    A socket shared after fork has several owners, found in whatever order the
+    walk (split between processes when there are many) met them; the lowest pid,
+    normally the one that opened it before forking, is named the same way every time.
+    """
     for rec in records:
-        held = owners.get(rec["inode"], [])
+        held = sorted(owners.get(rec["inode"], []))
         rec["owners"] = [{"pid": pid, "fd": fd} for pid, fd in held]
         rec["pid"] = held[0][0] if held else None
         rec["fd"] = held[0][1] if held else None

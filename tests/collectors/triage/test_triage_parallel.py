@@ -46,3 +46,17 @@ def test_stopping_early_ends_the_helper(monkeypatch):
     next(gen)
     gen.close()
     assert set(psutil.Process().children()) == before  # killed and reaped
+
+
+def test_a_shared_socket_is_named_by_its_lowest_pid_whatever_the_walk_order():
+    """The parallel walk meets a socket's holders in any order; the record does not change."""
+    from ossec_dfir.collectors.triage.net import attach_owners
+    records = []
+    for held in ([(4242, 7), (17, 3), (4242, 5)], [(4242, 5), (4242, 7), (17, 3)]):
+        rec = {"inode": 99}
+        attach_owners([rec], {99: held})
+        records.append(rec)
+    assert records[0] == records[1]
+    assert (records[0]["pid"], records[0]["fd"]) == (17, 3)
+    assert records[0]["owners"] == [{"pid": 17, "fd": 3}, {"pid": 4242, "fd": 5},
+                                    {"pid": 4242, "fd": 7}]
