@@ -30,6 +30,7 @@ import time
 
 from ..errors import BadRequest
 from ..evidence.fs import small_sha256
+from ..evidence.store import utc_now
 from ..record import Record
 from ..evidence.text import display as _display, escape as _escape
 from .ossec_filename import split_extra
@@ -55,12 +56,6 @@ MANUAL_ALERT_ID = "(from_the_server)"
 MANUAL_RULE_ID = "(no_rule_id)"
 
 
-def _received_now() -> str:
-    """Return the current UTC time as ISO-8601 with microseconds (truncated), as recorded."""
-    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
-
-
 class Request(Record):
     """A validated invocation: what to do, for which IP, triggered by which alert.
 
@@ -80,7 +75,7 @@ class Request(Record):
                 "agent_id": None, "agent_name": None, "location": None, "filename": None,
                 "filename_refused": None, "extra_args": (), "manual": False,
                 "alert_timestamp": None, "notes": (), "raw": ""}
-    FACTORIES = {"received": _received_now}
+    FACTORIES = {"received": utc_now}  # when it arrived: ISO-8601 UTC, microseconds
 
     if TYPE_CHECKING:
         protocol: str
